@@ -1,0 +1,293 @@
+"""`tradebeat`: manage symbols, backfill history as one Dagster run, serve the sandbox exchange.
+
+Exit codes: 0 done, 1 the work failed (exchange, store or run), 2 the input was refused.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+
+import dagster as dg
+
+from tradebeat_pipeline.candles import (
+    DAY_MS,
+    EXCHANGE_EPOCH,
+    SymbolError,
+    iso_utc,
+    normalize_symbol,
+    parse_day,
+)
+from tradebeat_pipeline.definitions import resources
+from tradebeat_pipeline.defs.assets import ohlcv_1m
+from tradebeat_pipeline.defs.resources import ExchangeResource
+from tradebeat_pipeline.exchange import ExchangeFailure
+from tradebeat_pipeline.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
+from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME, Settings, SettingsError
+from tradebeat_pipeline.store import SQLiteStore, StoreError
+
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+
+
+class Refused(Exception):
+    """Input tradebeat will not act on; the message says why."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return EXIT_REFUSED
+    try:
+        settings = Settings.load()
+        _configure_logging(settings.log_level)
+        return int(args.run(args, settings))
+    except (Refused, SymbolError, SettingsError) as exc:
+        print(f"tradebeat: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (ExchangeFailure, StoreError) as exc:
+        print(f"tradebeat: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _configure_logging(level: str) -> None:
+    """tradebeat's own loggers at LOG_LEVEL; libraries only when they warn."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("tradebeat").setLevel(level)
+    # The single-run backfill policy is marked beta; it is the documented way to run a range.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tradebeat", description=__doc__)
+    commands = parser.add_subparsers(title="commands")
+
+    symbols = commands.add_parser("symbols", help="add, list or remove symbols")
+    symbol_commands = symbols.add_subparsers(title="symbols commands")
+    add = symbol_commands.add_parser("add", help="register symbols (validated against the exchange)")
+    add.add_argument("symbols", nargs="+", metavar="SYMBOL", help="e.g. BTC/USDT")
+    add.set_defaults(run=symbols_add)
+    listing = symbol_commands.add_parser("list", help="list registered symbols")
+    listing.add_argument("--all", action="store_true", help="include inactive symbols")
+    listing.set_defaults(run=symbols_list)
+    remove = symbol_commands.add_parser("remove", help="stop tracking a symbol (its data is kept)")
+    remove.add_argument("symbol", metavar="SYMBOL")
+    remove.set_defaults(run=symbols_remove)
+
+    backfill = commands.add_parser("backfill", help="load whole UTC days as ONE Dagster run")
+    backfill.add_argument("symbol", metavar="SYMBOL")
+    backfill.add_argument("--start", required=True, metavar="YYYY-MM-DD")
+    backfill.add_argument("--end", required=True, metavar="YYYY-MM-DD", help="inclusive")
+    backfill.set_defaults(run=backfill_command)
+
+    sandbox = commands.add_parser("sandbox", help="serve the offline Binance-compatible exchange")
+    sandbox.add_argument("--port", type=int, default=18081)
+    sandbox.add_argument("--now", metavar="ISO-8601", help="historical mode: the exchange's fixed clock")
+    sandbox.add_argument(
+        "--replay",
+        action="store_true",
+        help="live replay: recorded minutes mapped onto the wall clock",
+    )
+    sandbox.add_argument(
+        "--weight-limit",
+        type=int,
+        default=6000,
+        help="REQUEST_WEIGHT per minute the sandbox declares and enforces",
+    )
+    sandbox.set_defaults(run=sandbox_command)
+    return parser
+
+
+def instance() -> dg.DagsterInstance:
+    """The Dagster instance in DAGSTER_HOME (the project's dagster_home/ unless set)."""
+    if not os.environ.get("DAGSTER_HOME"):
+        DEFAULT_DAGSTER_HOME.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(DEFAULT_DAGSTER_HOME)
+    return dg.DagsterInstance.get()
+
+
+def _symbols(raw: Sequence[str]) -> list[str]:
+    symbols = [normalize_symbol(s) for s in raw]
+    return list(dict.fromkeys(symbols))
+
+
+async def _validate_on_exchange(symbols: Sequence[str]) -> None:
+    async with ExchangeResource().open() as exchange:
+        for symbol in symbols:
+            await exchange.check_symbol(symbol)
+
+
+def symbols_add(args: argparse.Namespace, settings: Settings) -> int:
+    symbols = _symbols(args.symbols)
+    try:
+        asyncio.run(_validate_on_exchange(symbols))  # all or nothing: validate every one first
+    except ExchangeFailure as exc:
+        raise Refused(f"{exc}; no symbol was added") from exc
+    with SQLiteStore(settings.db_path) as store:
+        for symbol in symbols:
+            store.register_symbol(symbol)
+    dagster = instance()
+    known = set(dagster.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+    dagster.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, [s for s in symbols if s not in known])
+    for symbol in symbols:
+        print(f"added {symbol}")
+    return EXIT_OK
+
+
+def symbols_list(args: argparse.Namespace, settings: Settings) -> int:
+    with SQLiteStore(settings.db_path) as store:
+        rows = store.list_symbols(active=None if args.all else True)
+    print(
+        f"{'symbol':<14} {'active':<6} {'registered':<20} {'first candle':<20} "
+        f"{'last candle':<20} {'candles':>9}"
+    )
+    for r in rows:
+        first = iso_utc(r.first_candle) if r.first_candle is not None else "-"
+        last = iso_utc(r.last_candle) if r.last_candle is not None else "-"
+        print(
+            f"{r.symbol:<14} {'yes' if r.is_active else 'no':<6} {r.created_at:<20} {first:<20} "
+            f"{last:<20} {r.candles:>9}"
+        )
+    return EXIT_OK
+
+
+def symbols_remove(args: argparse.Namespace, settings: Settings) -> int:
+    symbol = normalize_symbol(args.symbol)
+    with SQLiteStore(settings.db_path) as store:
+        if symbol not in {r.symbol for r in store.list_symbols(active=True)}:
+            raise Refused(f"{symbol} is not an active symbol; nothing was changed")
+        store.deactivate_symbol(symbol)
+    dagster = instance()
+    if dagster.has_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol):
+        dagster.delete_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol)
+    print(f"removed {symbol} (its candles are kept)")
+    return EXIT_OK
+
+
+def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
+    symbol = normalize_symbol(args.symbol)
+    start, end = _day_range(args.start, args.end)
+    with SQLiteStore(settings.db_path) as store:
+        if symbol not in {r.symbol for r in store.list_symbols(active=True)}:
+            raise Refused(f"{symbol} is not registered; run `tradebeat symbols add {symbol}` first")
+    dagster = instance()
+    if not dagster.has_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol):
+        raise Refused(f"{symbol} has no Dagster partition; run `tradebeat symbols add {symbol}`")
+
+    first_ms = asyncio.run(_first_candle(symbol))
+    if first_ms is None:
+        print(f"{symbol}: the exchange has no candles at all; nothing to backfill")
+        return EXIT_OK
+    first_day = datetime.fromtimestamp(first_ms / 1000, tz=UTC).date()
+    if end < first_day:
+        print(
+            f"{symbol}: the exchange's first candle is {iso_utc(first_ms)}; "
+            f"{start}..{end} lies before it, nothing to backfill"
+        )
+        return EXIT_OK
+    if start < first_day:
+        print(
+            f"{symbol}: the exchange's first candle is {iso_utc(first_ms)}; "
+            f"skipping {start}..{first_day.fromordinal(first_day.toordinal() - 1)}"
+        )
+        start = first_day
+    return run_backfill(dagster, symbol, start, end)
+
+
+def run_backfill(dagster: dg.DagsterInstance, symbol: str, start: date, end: date) -> int:
+    """Materialize days start..end of one symbol as ONE run recorded in the instance."""
+    days = (end - start).days + 1
+    print(f"{symbol}: backfilling {start}..{end} ({days} day{'s' * (days != 1)}) as one run")
+    result = dg.materialize(
+        [ohlcv_1m],
+        instance=dagster,
+        resources=resources(),
+        tags={**range_tags((start, symbol), (end, symbol)), "tradebeat/kind": "backfill"},
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+    if not result.success:
+        errors = [
+            e.step_failure_data.error.message.strip()
+            for e in result.all_events
+            if e.is_step_failure and e.step_failure_data.error is not None
+        ]
+        print(
+            f"tradebeat: backfill of {symbol} failed (run {result.run_id}): "
+            f"{' | '.join(errors) or 'see the run in the Dagster UI'}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    metadata = {}
+    for event in result.get_asset_materialization_events():
+        metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+        break
+    print(
+        f"{symbol}: run {result.run_id} stored {metadata.get('inserted', 0)} new, "
+        f"{metadata.get('corrected', 0)} corrected, {metadata.get('unchanged', 0)} unchanged "
+        f"candles; {metadata.get('missing_minutes', 0)} closed minutes of the range not stored"
+    )
+    return EXIT_OK
+
+
+async def _first_candle(symbol: str) -> int | None:
+    async with ExchangeResource().open() as exchange:
+        return await exchange.first_candle_ms(symbol)
+
+
+def _day_range(start_text: str, end_text: str, today: date | None = None) -> tuple[date, date]:
+    try:
+        start, end = parse_day(start_text), parse_day(end_text)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    today = today or datetime.now(UTC).date()
+    if start > end:
+        raise Refused(f"--start {start} is after --end {end}")
+    if start < EXCHANGE_EPOCH:
+        raise Refused(f"--start {start} is before {EXCHANGE_EPOCH}, when Binance spot trading began")
+    if end > today:
+        raise Refused(f"--end {end} is in the future (today is {today} UTC)")
+    return start, end
+
+
+def sandbox_command(args: argparse.Namespace, settings: Settings) -> int:
+    from tradebeat_pipeline.sandbox.market_data import historical_markets, replay_markets
+    from tradebeat_pipeline.sandbox.server import Clock, Sandbox, serve_forever
+
+    if args.replay and args.now:
+        raise Refused("--now (historical mode) and --replay (live replay) exclude each other")
+    if args.replay:
+        now = int(datetime.now(UTC).timestamp() * 1000)
+        anchor = now - now % DAY_MS - 30 * DAY_MS  # history reaches back 30 days
+        sandbox = Sandbox(replay_markets(anchor), Clock(), weight_limit=args.weight_limit)
+    else:
+        fixed = _parse_instant(args.now) if args.now else None
+        sandbox = Sandbox(historical_markets(), Clock(fixed), weight_limit=args.weight_limit)
+    print(
+        f"sandbox exchange on http://127.0.0.1:{args.port} "
+        f"({'live replay' if args.replay else 'historical'}); Ctrl-C stops it",
+        flush=True,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(sandbox, "127.0.0.1", args.port))
+    return EXIT_OK
+
+
+def _parse_instant(text: str) -> int:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise Refused(f"--now {text!r}: expected ISO-8601 UTC such as 2020-01-03T12:00:30Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Resources: thin Dagster adapters that build the plain exchange client and store at run time.
+
+Optional settings have defaults (public market data needs no API key), so they are read from the
+environment/.env by `Settings.load()` when the resource is used, never while definitions load;
+`dg.EnvVar` has no notion of a default and would make every variable mandatory.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+
+from tradebeat_pipeline.exchange import CcxtExchange
+from tradebeat_pipeline.settings import Settings
+from tradebeat_pipeline.store import SQLiteStore
+
+
+class ExchangeResource(dg.ConfigurableResource):
+    """The exchange, reached through ccxt. Fields left unset come from the environment."""
+
+    api_url: str | None = None
+    rate_budget_share: float = 0.5
+    timeout_ms: int = 10_000
+    concurrency: int = 8
+
+    def open(self) -> CcxtExchange:
+        """A new client; call it inside the event loop that will use it."""
+        settings = Settings.load()
+        return CcxtExchange(
+            api_url=self.api_url or settings.api_url,
+            api_key=settings.api_key,
+            secret_key=settings.secret_key,
+            rate_budget_share=self.rate_budget_share,
+            timeout_ms=self.timeout_ms,
+            concurrency=self.concurrency,
+            max_attempts=settings.retry_attempts,
+            backoff_s=settings.retry_backoff_seconds,
+        )
+
+
+class StoreResource(dg.ConfigurableResource):
+    """The candle store (SQLite at DB_PATH unless `db_path` is set)."""
+
+    db_path: str | None = None
+
+    def open(self) -> SQLiteStore:
+        return SQLiteStore(resolve_db_path(self.db_path))
+
+
+def resolve_db_path(db_path: str | None) -> Path:
+    return Path(db_path) if db_path else Settings.load().db_path

@@ -1,0 +1,351 @@
+"""The exchange interface and its ccxt implementation (no Dagster inside).
+
+Everything the pipeline knows about an exchange goes through `Exchange`. `CcxtExchange` talks to
+Binance, or to any Binance-compatible server (the bundled sandbox) by swapping the API host.
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import ccxt.async_support as ccxt
+import numpy as np
+import pandas as pd
+
+from tradebeat_pipeline.candles import (
+    MINUTE_MS,
+    MalformedAnswer,
+    clean_candles,
+    contiguous_day_runs,
+    day_window,
+    iso_utc,
+    parse_klines,
+)
+
+log = logging.getLogger("tradebeat.exchange")
+
+PAGE_LIMIT = 1000
+# Binance's own REQUEST_WEIGHT budget, used when the exchange does not declare one.
+DEFAULT_WEIGHT_PER_MINUTE = 6000
+# ccxt's binance cost unit: rateLimit 50 ms per unit is exactly 6,000 weight a minute (1 unit = 5 weight).
+_CCXT_WEIGHT_PER_COST_UNIT = 5.0
+
+T = TypeVar("T")
+
+
+class ExchangeFailure(RuntimeError):
+    """The exchange could not be asked (after retries) or refused the request."""
+
+
+class SymbolNotListed(ExchangeFailure):
+    """The exchange does not list this symbol as a spot market."""
+
+
+class SymbolNotTrading(ExchangeFailure):
+    """The exchange lists the symbol but it is not trading (halted, delisted, pre-listing)."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """Closed candles of one window, and what it took to get them."""
+
+    candles: pd.DataFrame
+    requests: int
+    server_time_ms: int
+    closed_until_ms: int  # every minute opening before this was closed by the exchange's clock
+
+
+class Exchange(Protocol):
+    """What the pipeline needs from an exchange."""
+
+    async def check_symbol(self, symbol: str) -> None: ...
+    async def server_time_ms(self) -> int: ...
+    async def first_candle_ms(self, symbol: str) -> int | None: ...
+    async def fetch_candles(self, symbol: str, start_ms: int, end_ms: int) -> FetchResult: ...
+    async def close(self) -> None: ...
+
+
+class _Binance(ccxt.binance):  # type: ignore[misc]  # ccxt ships no type stubs
+    """ccxt's binance, with the failing answer's Retry-After attached to the exception."""
+
+    async def fetch(self, url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
+        try:
+            return await super().fetch(url, method, headers, body)
+        except ccxt.BaseError as exc:
+            # No await lies between ccxt storing these headers and raising, so they are this answer's.
+            answer_headers = self.last_response_headers or {}
+            exc.retry_after = _retry_after_seconds(answer_headers)
+            raise
+
+
+def _retry_after_seconds(headers: dict[str, str]) -> float | None:
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
+
+
+def _with_host(url: str, base: str) -> str:
+    new = urlsplit(base)
+    old = urlsplit(url)
+    return urlunsplit((new.scheme, new.netloc, old.path, old.query, old.fragment))
+
+
+class CcxtExchange:
+    """Binance spot through async ccxt: rate-limited, retrying, closed candles only."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        secret_key: str | None = None,
+        rate_budget_share: float = 0.5,
+        timeout_ms: int = 10_000,
+        max_attempts: int = 6,
+        backoff_s: float = 0.5,
+        concurrency: int = 8,
+    ) -> None:
+        if not 0 < rate_budget_share <= 1:
+            raise ValueError("rate_budget_share must be in (0, 1]")
+        config: dict[str, Any] = {
+            "enableRateLimit": True,
+            "timeout": timeout_ms,
+            "options": {
+                "defaultType": "spot",
+                "fetchMarkets": {"types": ["spot"]},
+                "fetchCurrencies": False,
+                "fetchMargins": False,
+                "adjustForTimeDifference": False,
+            },
+        }
+        if api_key:
+            config["apiKey"] = api_key
+        if secret_key:
+            config["secret"] = secret_key
+        self._ccxt = _Binance(config)
+        self._ccxt.enableLastResponseHeaders = True
+        if api_url:
+            self._ccxt.urls["api"] = {k: _with_host(v, api_url) for k, v in self._ccxt.urls["api"].items()}
+        self.api_host = urlsplit(api_url or "https://api.binance.com").netloc
+        self.rate_budget_share = rate_budget_share
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self._concurrency = asyncio.Semaphore(concurrency)
+        self._markets_loaded = False
+        self._paused_until = 0.0
+        self.weight_per_minute = DEFAULT_WEIGHT_PER_MINUTE
+        self.requests = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        await self._ccxt.close()
+
+    async def __aenter__(self) -> "CcxtExchange":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _ensure_markets(self) -> None:
+        if self._markets_loaded:
+            return
+        info = await self._call("exchangeInfo", lambda: self._ccxt.publicGetExchangeInfo())
+        self._apply_rate_budget(info)
+        await self._call("markets", lambda: self._ccxt.load_markets())
+        self._markets_loaded = True
+
+    def _apply_rate_budget(self, info: Any) -> None:
+        """Throttle to our share of the budget the exchange itself declares."""
+        limits = info.get("rateLimits", []) if isinstance(info, dict) else []
+        for limit in limits:
+            if limit.get("rateLimitType") == "REQUEST_WEIGHT" and limit.get("interval") == "MINUTE":
+                per_minute = float(limit["limit"]) / float(limit.get("intervalNum", 1))
+                self.weight_per_minute = int(per_minute)
+                break
+        budget = self.weight_per_minute * self.rate_budget_share
+        cost_units_per_minute = budget / _CCXT_WEIGHT_PER_COST_UNIT
+        self._ccxt.rateLimit = 60_000 / cost_units_per_minute
+        self._ccxt.tokenBucket = None
+        self._ccxt.init_rest_rate_limiter()
+        log.debug(
+            "rate budget: %.0f weight/min (%.0f%% of %d)",
+            budget,
+            self.rate_budget_share * 100,
+            self.weight_per_minute,
+        )
+
+    # -- the interface -------------------------------------------------------------------
+
+    async def check_symbol(self, symbol: str) -> None:
+        """Raise unless the exchange lists `symbol` as a trading spot market."""
+        await self._market(symbol)
+
+    async def _market(self, symbol: str) -> dict[str, Any]:
+        await self._ensure_markets()
+        market = self._ccxt.markets.get(symbol)
+        if market is None or not market.get("spot"):
+            raise SymbolNotListed(f"{symbol} is not listed as a spot market on {self.api_host}")
+        if market.get("active") is False:
+            status = (market.get("info") or {}).get("status", "not trading")
+            raise SymbolNotTrading(f"{symbol} is listed on {self.api_host} but not trading ({status})")
+        return dict(market)
+
+    async def server_time_ms(self) -> int:
+        value = await self._call("time", lambda: self._ccxt.fetch_time())
+        if not isinstance(value, int | float):
+            raise MalformedAnswer(f"/api/v3/time answered {value!r:.80}, not a time")
+        return int(value)
+
+    async def first_candle_ms(self, symbol: str) -> int | None:
+        """Open time of the exchange's first 1m candle of `symbol` (None if it has none)."""
+        market = await self._market(symbol)
+        candles, _ = await self._klines(market["id"], symbol, since=0, end=None, limit=1)
+        return int(candles["timestamp"].iloc[0]) if len(candles) else None
+
+    async def fetch_candles(self, symbol: str, start_ms: int, end_ms: int) -> FetchResult:
+        """Closed 1m candles with open time in [start_ms, end_ms), fetched in parallel chunks.
+
+        Closed is judged by the exchange's clock, so a local clock that runs ahead can never make
+        the open candle look final.
+        """
+        market = await self._market(symbol)
+        requests_before = self.requests
+        now = await self.server_time_ms()
+        closed_until = min(end_ms, now - now % MINUTE_MS)
+        chunk = PAGE_LIMIT * MINUTE_MS
+        starts = range(start_ms - start_ms % MINUTE_MS, closed_until, chunk)
+        pages = await gather_or_cancel(
+            self._fetch_chunk(market["id"], symbol, s, min(s + chunk, closed_until), now) for s in starts
+        )
+        candles = clean_candles(frame for chunk_pages in pages for frame in chunk_pages)
+        in_window = (candles["timestamp"] >= start_ms) & (candles["timestamp"] < closed_until)
+        candles = candles[in_window].reset_index(drop=True)
+        return FetchResult(candles, self.requests - requests_before, now, closed_until)
+
+    async def _fetch_chunk(
+        self, market_id: str, symbol: str, start_ms: int, end_ms: int, now_ms: int
+    ) -> list[pd.DataFrame]:
+        """Page one chunk with since = last open time + 1 minute, until its end."""
+        frames: list[pd.DataFrame] = []
+        since = start_ms
+        while since < end_ms:
+            page, close_times = await self._klines(market_id, symbol, since, end_ms - 1, PAGE_LIMIT)
+            if page.empty:
+                break
+            closed = close_times < now_ms
+            frames.append(page[closed])
+            since = int(page["timestamp"].iloc[-1]) + MINUTE_MS
+            if not closed.all():
+                break
+        return frames
+
+    async def _klines(
+        self, market_id: str, symbol: str, since: int, end: int | None, limit: int
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        params: dict[str, Any] = {
+            "symbol": market_id,
+            "interval": "1m",
+            "startTime": since,
+            "limit": limit,
+        }
+        if end is not None:
+            params["endTime"] = end
+        where = f"klines {symbol} from {iso_utc(since)}"
+
+        async def ask() -> tuple[pd.DataFrame, np.ndarray]:
+            answer = await self._ccxt.publicGetKlines(params)
+            return parse_klines(answer, where=where)
+
+        return await self._call(where, ask)
+
+    # -- retries -------------------------------------------------------------------------
+
+    async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
+        """Run one request with the rate limiter, retrying transient failures with backoff."""
+        delay = self.backoff_s
+        for attempt in range(1, self.max_attempts + 1):
+            await self._wait_out_pause()
+            try:
+                async with self._concurrency:
+                    self.requests += 1
+                    return await request()
+            except ccxt.BadSymbol as exc:
+                raise SymbolNotListed(f"{what}: the exchange does not know this symbol ({exc})") from exc
+            except (ccxt.OperationFailed, MalformedAnswer) as exc:
+                retry_after = getattr(exc, "retry_after", None)
+                if isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded) and retry_after:
+                    # A 429/418 asks everyone to wait, not just this request.
+                    self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+                if attempt == self.max_attempts:
+                    kind = "malformed answer" if isinstance(exc, MalformedAnswer) else type(exc).__name__
+                    detail = _short(exc).removeprefix(f"{what}: ")
+                    raise ExchangeFailure(
+                        f"{what}: gave up after {attempt} attempts ({kind}: {detail})"
+                    ) from exc
+                wait = retry_after if retry_after is not None else delay * (1 + random.random() / 4)  # noqa: S311
+                log.warning(
+                    "%s: %s (attempt %d/%d), retrying in %.1fs",
+                    what,
+                    _short(exc).removeprefix(f"{what}: "),
+                    attempt,
+                    self.max_attempts,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, 30.0)
+            except ccxt.BaseError as exc:
+                raise ExchangeFailure(f"{what}: the exchange refused the request ({_short(exc)})") from exc
+        raise AssertionError("unreachable")
+
+    async def _wait_out_pause(self) -> None:
+        remaining = self._paused_until - time.monotonic()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+
+
+async def gather_or_cancel(coroutines: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Like gather, but the first failure cancels the rest instead of leaving them running."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+async def fetch_days(exchange: Exchange, requested: dict[str, list[date]]) -> dict[str, FetchResult]:
+    """Fetch whole UTC days per symbol, each contiguous run of days as one window, all at once."""
+
+    async def one_symbol(symbol: str, days: list[date]) -> FetchResult:
+        runs = contiguous_day_runs(days)
+        results = await gather_or_cancel(
+            exchange.fetch_candles(symbol, day_window(a)[0], day_window(b)[1]) for a, b in runs
+        )
+        return FetchResult(
+            candles=clean_candles(r.candles for r in results),
+            requests=sum(r.requests for r in results),
+            server_time_ms=max(r.server_time_ms for r in results),
+            closed_until_ms=max(r.closed_until_ms for r in results),
+        )
+
+    symbols = list(requested)
+    results = await gather_or_cancel(one_symbol(s, requested[s]) for s in symbols)
+    return dict(zip(symbols, results, strict=True))

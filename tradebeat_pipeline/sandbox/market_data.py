@@ -1,0 +1,241 @@
+"""Candle series served by the sandbox: real recorded candles, replayed or at their true times.
+
+Rows are kept as Binance serves them (12 fields, prices as decimal strings), so what the pipeline
+stores can be compared with the bundled archives to the last decimal. See `data/SOURCES.md`.
+"""
+
+import bisect
+import gzip
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.resources import files
+from typing import Protocol
+
+import numpy as np
+
+MINUTE_MS = 60_000
+DAY_MS = 86_400_000
+
+# A kline row exactly as Binance's /api/v3/klines serves it.
+Kline = list[object]
+
+
+class Series(Protocol):
+    """Final (closed) candles of one market."""
+
+    def first_open_time(self) -> int | None: ...
+    def klines(self, start_ms: int, end_ms: int, limit: int) -> list[Kline]:
+        """Up to `limit` rows with open time in [start_ms, end_ms], oldest first."""
+        ...
+
+
+def _kline(open_time: int, fields: list[str]) -> Kline:
+    """A Binance row from recorded fields; a 6-column source has no volumes beyond base volume."""
+    o, h, lo, c, v = fields[1:6]
+    if len(fields) >= 11:
+        return [
+            open_time,
+            o,
+            h,
+            lo,
+            c,
+            v,
+            open_time + MINUTE_MS - 1,
+            fields[7],
+            int(fields[8]),
+            fields[9],
+            fields[10],
+            "0",
+        ]
+    return [open_time, o, h, lo, c, v, open_time + MINUTE_MS - 1, None, None, None, None, "0"]
+
+
+@dataclass
+class RecordedSeries:
+    """Recorded candles at their true open times."""
+
+    times: list[int]
+    rows: list[list[str]]
+
+    @classmethod
+    def from_files(cls, *names: str) -> "RecordedSeries":
+        merged: dict[int, list[str]] = {}
+        for name in names:
+            with gzip.open(str(files("tradebeat_pipeline.sandbox") / "data" / name), "rt") as f:
+                for line in f:
+                    fields = line.strip().split(",")
+                    merged[int(fields[0])] = fields
+        times = sorted(merged)
+        return cls(times, [merged[t] for t in times])
+
+    def first_open_time(self) -> int | None:
+        return self.times[0] if self.times else None
+
+    def klines(self, start_ms: int, end_ms: int, limit: int) -> list[Kline]:
+        lo = bisect.bisect_left(self.times, start_ms)
+        hi = min(bisect.bisect_right(self.times, end_ms), lo + limit)
+        return [_kline(self.times[i], self.rows[i]) for i in range(lo, hi)]
+
+
+@dataclass
+class ReplayedSeries:
+    """Recorded whole days replayed over and over on the wall clock, day-aligned.
+
+    Wall minute t shows the recorded minute at the same time of day, so an outage recorded at
+    12:40-13:59 is replayed at 12:40-13:59 too.
+    """
+
+    recorded: RecordedSeries
+    anchor_ms: int  # a wall-clock midnight from which the replay runs
+
+    def __post_init__(self) -> None:
+        first = self.recorded.times[0]
+        self.origin = first - first % DAY_MS
+        last = self.recorded.times[-1]
+        self.period = (last - self.origin) // DAY_MS * DAY_MS + DAY_MS
+
+    def first_open_time(self) -> int | None:
+        return self.anchor_ms
+
+    def klines(self, start_ms: int, end_ms: int, limit: int) -> list[Kline]:
+        start_ms = max(start_ms, self.anchor_ms)
+        out: list[Kline] = []
+        cycle = (start_ms - self.anchor_ms) // self.period
+        while len(out) < limit:
+            cycle_start = self.anchor_ms + cycle * self.period
+            if cycle_start > end_ms:
+                break
+            shift = cycle_start - self.origin
+            lo_rec = max(start_ms, cycle_start) - shift
+            hi_rec = min(end_ms, cycle_start + self.period - 1) - shift
+            for row in self.recorded.klines(lo_rec, hi_rec, limit - len(out)):
+                moved = int(str(row[0])) + shift
+                row[0], row[6] = moved, moved + MINUTE_MS - 1
+                out.append(row)
+            cycle += 1
+        return out
+
+
+@dataclass
+class SyntheticSeries:
+    """Deterministic made-up candles for every minute since `start_ms` (for long benchmarks)."""
+
+    start_ms: int
+    base_price: float = 100.0
+
+    def first_open_time(self) -> int | None:
+        return self.start_ms
+
+    def klines(self, start_ms: int, end_ms: int, limit: int) -> list[Kline]:
+        first = max(start_ms, self.start_ms)
+        first += (-first) % MINUTE_MS
+        if first > end_ms:
+            return []
+        count = min(limit, (end_ms - first) // MINUTE_MS + 1)
+        minutes = first // MINUTE_MS + np.arange(count + 1, dtype=np.int64)
+        price = self._price(minutes)
+        opens, closes = price[:-1], price[1:]
+        u = _uniform(minutes[:-1])
+        highs = np.maximum(opens, closes) * (1 + 0.002 * u)
+        lows = np.minimum(opens, closes) * (1 - 0.002 * (1 - u))
+        volume = 5 + 20 * _uniform(minutes[:-1] + 7)
+        trades = (volume * 7).astype(np.int64)
+        rows: list[Kline] = []
+        for i in range(count):
+            t = int(minutes[i]) * MINUTE_MS
+            q = volume[i] * closes[i]
+            rows.append(
+                [
+                    t,
+                    f"{opens[i]:.8f}",
+                    f"{highs[i]:.8f}",
+                    f"{lows[i]:.8f}",
+                    f"{closes[i]:.8f}",
+                    f"{volume[i]:.8f}",
+                    t + MINUTE_MS - 1,
+                    f"{q:.8f}",
+                    int(trades[i]),
+                    f"{volume[i] / 2:.8f}",
+                    f"{q / 2:.8f}",
+                    "0",
+                ]
+            )
+        return rows
+
+    def _price(self, minutes: np.ndarray) -> np.ndarray:
+        m = minutes.astype(np.float64)
+        trend = 1 + 0.3 * np.sin(2 * math.pi * m / (60 * 24 * 90))
+        daily = 1 + 0.02 * np.sin(2 * math.pi * m / (60 * 24))
+        noise = 1 + 0.001 * (_uniform(minutes) - 0.5)
+        return np.round(self.base_price * trend * daily * noise, 4)
+
+
+def _uniform(keys: np.ndarray) -> np.ndarray:
+    """A stable pseudo-random number in [0, 1) per key (splitmix64)."""
+    with np.errstate(over="ignore"):
+        z = keys.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def partial_kline(final: Kline, now_ms: int) -> Kline:
+    """The still-open minute as a real exchange shows it: values so far, changing until it closes."""
+    open_time = int(str(final[0]))
+    frac = min(max((now_ms - open_time) / MINUTE_MS, 0.0), 1.0)
+    o, h, lo, c, v = (float(str(x)) for x in final[1:6])
+    close = o + (c - o) * frac
+    high = max(o, close, o + (h - o) * frac)
+    low = min(o, close, o - (o - lo) * frac)
+    row: Kline = list(final)
+    row[2:6] = [f"{high:.8f}", f"{low:.8f}", f"{close:.8f}", f"{v * frac:.8f}"]
+    if row[8] is not None:
+        row[7] = f"{float(str(row[7])) * frac:.8f}"
+        row[8] = int(int(str(row[8])) * frac)
+        row[9] = f"{float(str(row[9])) * frac:.8f}"
+        row[10] = f"{float(str(row[10])) * frac:.8f}"
+    return row
+
+
+@dataclass(frozen=True)
+class Market:
+    symbol: str  # exchange id, e.g. BTCUSDT
+    base: str
+    quote: str
+    status: str
+    series: Series
+
+
+SYNTHETIC_START = int(datetime(2017, 8, 17, tzinfo=UTC).timestamp() * 1000)
+_RECORDED_2023 = "{}-1m-2023-03-23_25.csv.gz"
+
+
+def historical_markets() -> dict[str, Market]:
+    """Every recorded candle at its true time, plus a synthetic market for long ranges."""
+    btc = RecordedSeries.from_files("BTCUSDT-1m-vision.csv.gz", _RECORDED_2023.format("BTCUSDT"))
+    eth = RecordedSeries.from_files("ETHUSDT-1m-vision.csv.gz", _RECORDED_2023.format("ETHUSDT"))
+    sol = RecordedSeries.from_files(_RECORDED_2023.format("SOLUSDT"))
+    return _markets(btc, eth, sol)
+
+
+def replay_markets(anchor_ms: int) -> dict[str, Market]:
+    """The recorded 2023-03-23..25 days replayed on the wall clock from `anchor_ms` on."""
+    series = [
+        ReplayedSeries(RecordedSeries.from_files(_RECORDED_2023.format(s)), anchor_ms)
+        for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    ]
+    return _markets(*series)
+
+
+def _markets(btc: Series, eth: Series, sol: Series) -> dict[str, Market]:
+    markets = [
+        Market("BTCUSDT", "BTC", "USDT", "TRADING", btc),
+        Market("ETHUSDT", "ETH", "USDT", "TRADING", eth),
+        Market("SOLUSDT", "SOL", "USDT", "TRADING", sol),
+        Market("SYNUSDT", "SYN", "USDT", "TRADING", SyntheticSeries(SYNTHETIC_START)),
+        # Listed but halted, as Binance shows a delisted or suspended pair.
+        Market("LUNAUSDT", "LUNA", "USDT", "BREAK", SyntheticSeries(SYNTHETIC_START, 5.0)),
+    ]
+    return {m.symbol: m for m in markets}

@@ -1,0 +1,344 @@
+"""A Binance-compatible spot REST subset on 127.0.0.1, serving recorded candles.
+
+Enough of `/api/v3` for ccxt: ping, time, exchangeInfo, klines, ticker/24hr. Like Binance it serves
+the current minute as a partial, still-changing candle, counts request weight per minute, and answers
+an unknown symbol with HTTP 400 code -1121. Faults can be injected to prove the client survives them.
+"""
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tradebeat_pipeline.sandbox.market_data import (
+    DAY_MS,
+    MINUTE_MS,
+    Kline,
+    Market,
+    partial_kline,
+)
+
+log = logging.getLogger("tradebeat.sandbox")
+
+WEIGHTS = {"ping": 1, "time": 1, "exchangeInfo": 20, "klines": 2, "ticker/24hr": 2}
+FAULT_KINDS = ("not_json", "missing_field", "non_numeric", "http_500", "http_429", "empty")
+
+
+class Clock:
+    """The exchange's clock: the wall clock, or a fixed instant (historical mode)."""
+
+    def __init__(self, fixed_ms: int | None = None) -> None:
+        self.fixed_ms = fixed_ms
+
+    def now_ms(self) -> int:
+        return self.fixed_ms if self.fixed_ms is not None else int(time.time() * 1000)
+
+
+@dataclass
+class Fault:
+    kind: str
+    remaining: int
+    symbol: str | None = None  # exchange id (BTCUSDT); None = any symbol
+
+
+@dataclass
+class Sandbox:
+    """The exchange's state: markets, clock, weight budget, injected faults and a request log."""
+
+    markets: dict[str, Market]
+    clock: Clock = field(default_factory=Clock)
+    weight_limit: int = 6000
+    faults: list[Fault] = field(default_factory=list)
+    requests: Counter[str] = field(default_factory=Counter)
+    _weight_minute: int = 0
+    _weight_used: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def inject(self, kind: str, count: int = 1, symbol: str | None = None) -> None:
+        """Make the next `count` klines requests (for `symbol`, if given) fail in this way."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}; one of {', '.join(FAULT_KINDS)}")
+        with self._lock:
+            self.faults.append(Fault(kind, count, symbol))
+
+    def _take_fault(self, symbol: str) -> str | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.remaining > 0 and fault.symbol in (None, symbol):
+                    fault.remaining -= 1
+                    return fault.kind
+        return None
+
+    def _spend(self, weight: int) -> int | None:
+        """Count weight in the current wall-clock minute; returns seconds to wait when over."""
+        with self._lock:
+            minute = int(time.time() // 60)
+            if minute != self._weight_minute:
+                self._weight_minute, self._weight_used = minute, 0
+            if self._weight_used + weight > self.weight_limit:
+                return max(1, 60 - int(time.time() % 60))
+            self._weight_used += weight
+            return None
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._count_weight])
+        app.router.add_get("/api/v3/ping", self.ping)
+        app.router.add_get("/api/v3/time", self.time)
+        app.router.add_get("/api/v3/exchangeInfo", self.exchange_info)
+        app.router.add_get("/api/v3/klines", self.klines)
+        app.router.add_get("/api/v3/ticker/24hr", self.ticker_24hr)
+        return app
+
+    @web.middleware
+    async def _count_weight(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        endpoint = request.path.removeprefix("/api/v3/")
+        self.requests[endpoint] += 1
+        wait = self._spend(WEIGHTS.get(endpoint, 1))
+        if wait is not None:
+            return _error(
+                429,
+                -1003,
+                "Too much request weight used; please use the websocket.",
+                headers={"Retry-After": str(wait)},
+            )
+        response: web.StreamResponse = await handler(request)
+        response.headers["X-MBX-USED-WEIGHT-1M"] = str(self._weight_used)
+        return response
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def time(self, request: web.Request) -> web.Response:
+        return web.json_response({"serverTime": self.clock.now_ms()})
+
+    async def exchange_info(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "timezone": "UTC",
+                "serverTime": self.clock.now_ms(),
+                "rateLimits": [
+                    {
+                        "rateLimitType": "REQUEST_WEIGHT",
+                        "interval": "MINUTE",
+                        "intervalNum": 1,
+                        "limit": self.weight_limit,
+                    },
+                    {
+                        "rateLimitType": "RAW_REQUESTS",
+                        "interval": "MINUTE",
+                        "intervalNum": 5,
+                        "limit": 61000,
+                    },
+                ],
+                "exchangeFilters": [],
+                "symbols": [_symbol_info(m) for m in self.markets.values()],
+            }
+        )
+
+    def _market(self, request: web.Request) -> Market | web.Response:
+        symbol = request.query.get("symbol")
+        if not symbol:
+            return _error(
+                400,
+                -1102,
+                "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+            )
+        market = self.markets.get(symbol)
+        if market is None:
+            return _error(400, -1121, "Invalid symbol.")
+        return market
+
+    async def klines(self, request: web.Request) -> web.Response:
+        market = self._market(request)
+        if isinstance(market, web.Response):
+            return market
+        if request.query.get("interval") != "1m":
+            return _error(400, -1120, "Invalid interval.")
+        try:
+            limit = int(request.query.get("limit", "500"))
+            start = _opt_int(request.query.get("startTime"))
+            end = _opt_int(request.query.get("endTime"))
+        except ValueError:
+            return _error(400, -1100, "Illegal characters found in a parameter.")
+        if not 1 <= limit <= 1000:
+            return _error(400, -1130, "Invalid data sent for a parameter.")
+        now = self.clock.now_ms()
+        end = now if end is None else min(end, now)
+        if start is None:
+            start = end - end % MINUTE_MS - (limit - 1) * MINUTE_MS
+        rows = market.series.klines(start, end, limit)
+        if rows and int(str(rows[-1][0])) + MINUTE_MS > now:
+            rows[-1] = partial_kline(rows[-1], now)
+        fault = self._take_fault(market.symbol)
+        if fault is not None:
+            return _faulty(fault, rows)
+        return web.Response(text=json.dumps(rows, separators=(",", ":")), content_type="application/json")
+
+    async def ticker_24hr(self, request: web.Request) -> web.Response:
+        raw = request.query.get("symbols")
+        if raw is not None:
+            try:
+                ids = json.loads(raw)
+            except json.JSONDecodeError:
+                return _error(400, -1100, "Illegal characters found in parameter 'symbols'.")
+            if any(i not in self.markets for i in ids):
+                return _error(400, -1121, "Invalid symbol.")
+            return web.json_response([self._ticker(self.markets[i]) for i in ids])
+        market = self._market(request)
+        if isinstance(market, web.Response):
+            return market
+        return web.json_response(self._ticker(market))
+
+    def _ticker(self, market: Market) -> dict[str, Any]:
+        now = self.clock.now_ms()
+        rows = market.series.klines(now - DAY_MS, now, 1440)
+        if rows and int(str(rows[-1][0])) + MINUTE_MS > now:
+            rows[-1] = partial_kline(rows[-1], now)
+        first_open = float(str(rows[0][1])) if rows else 0.0
+        last = float(str(rows[-1][4])) if rows else 0.0
+        return {
+            "symbol": market.symbol,
+            "priceChange": f"{last - first_open:.8f}",
+            "priceChangePercent": f"{(last / first_open - 1) * 100 if first_open else 0:.3f}",
+            "openPrice": f"{first_open:.8f}",
+            "lastPrice": f"{last:.8f}",
+            "highPrice": f"{max((float(str(r[2])) for r in rows), default=0):.8f}",
+            "lowPrice": f"{min((float(str(r[3])) for r in rows), default=0):.8f}",
+            "volume": f"{sum(float(str(r[5])) for r in rows):.8f}",
+            "openTime": now - DAY_MS,
+            "closeTime": now,
+            "count": len(rows),
+        }
+
+
+def _opt_int(value: str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _error(status: int, code: int, msg: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"code": code, "msg": msg}, status=status, headers=headers)
+
+
+def _faulty(kind: str, rows: list[Kline]) -> web.Response:
+    if kind == "http_500":
+        return _error(500, -1000, "An unknown error occurred while processing the request.")
+    if kind == "http_429":
+        return _error(429, -1003, "Too many requests.", headers={"Retry-After": "1"})
+    if kind == "empty":
+        return web.Response(text="[]", content_type="application/json")
+    if kind == "missing_field":
+        rows = [r[:4] for r in rows] or [[0, "1"]]
+    elif kind == "non_numeric":
+        rows = [[r[0], "abc", *r[2:]] for r in rows] or [[0, "abc", "1", "1", "1", "1", 59999]]
+    body = json.dumps(rows, separators=(",", ":"))
+    if kind == "not_json":
+        body = body[: max(1, len(body) // 2)]  # a body cut off mid-way, as a dropped connection leaves it
+    return web.Response(text=body, content_type="application/json")
+
+
+def _symbol_info(market: Market) -> dict[str, Any]:
+    return {
+        "symbol": market.symbol,
+        "status": market.status,
+        "baseAsset": market.base,
+        "baseAssetPrecision": 8,
+        "quoteAsset": market.quote,
+        "quotePrecision": 8,
+        "quoteAssetPrecision": 8,
+        "baseCommissionPrecision": 8,
+        "quoteCommissionPrecision": 8,
+        "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET"],
+        "icebergAllowed": True,
+        "ocoAllowed": True,
+        "quoteOrderQtyMarketAllowed": True,
+        "isSpotTradingAllowed": True,
+        "isMarginTradingAllowed": False,
+        "filters": [
+            {
+                "filterType": "PRICE_FILTER",
+                "minPrice": "0.00000100",
+                "maxPrice": "1000000.00000000",
+                "tickSize": "0.00000100",
+            },
+            {
+                "filterType": "LOT_SIZE",
+                "minQty": "0.00001000",
+                "maxQty": "9000.00000000",
+                "stepSize": "0.00001000",
+            },
+        ],
+        "permissions": ["SPOT"],
+        "permissionSets": [["SPOT"]],
+    }
+
+
+class SandboxServer:
+    """Runs a `Sandbox` on 127.0.0.1 in a background thread (tests, benchmarks, the demo)."""
+
+    def __init__(self, sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sandbox = sandbox
+        self.host = host
+        self.port = port
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "SandboxServer":
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(self._start())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="sandbox-exchange", daemon=True)
+        self._thread.start()
+        ready.wait(timeout=30)
+        if not self.port:
+            raise RuntimeError("sandbox exchange did not start")
+        return self
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self.sandbox.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def __enter__(self) -> "SandboxServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def serve_forever(sandbox: Sandbox, host: str, port: int) -> None:
+    """Serve until cancelled (the `tradebeat sandbox` command)."""
+    runner = web.AppRunner(sandbox.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("sandbox exchange listening on http://%s:%d", host, port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,376 @@
+"""The candle store: every line of SQL in the project lives here (no Dagster inside).
+
+`CandleStore` is the small interface the pipeline uses; `SQLiteStore` is the embedded implementation.
+Moving to Postgres means writing one more class with these methods, nothing else.
+"""
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from tradebeat_pipeline.candles import CANDLE_COLUMNS, PRICE_COLUMNS, empty_candles, iso_utc
+
+log = logging.getLogger("tradebeat.store")
+
+SCHEMA_VERSION = 1
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS symbols (
+    id INTEGER PRIMARY KEY,
+    symbol TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    is_active INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS price_data (
+    symbol_id INTEGER NOT NULL REFERENCES symbols(id),
+    timestamp INTEGER NOT NULL,
+    open REAL,
+    high REAL,
+    low REAL,
+    close REAL,
+    volume REAL,
+    quote_volume REAL,
+    trades INTEGER,
+    taker_buy_volume REAL,
+    taker_buy_quote_volume REAL,
+    ingested_at INTEGER NOT NULL,
+    PRIMARY KEY (symbol_id, timestamp)
+) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS candles AS
+SELECT s.symbol AS symbol,
+       strftime('%Y-%m-%dT%H:%M:%SZ', p.timestamp / 1000, 'unixepoch') AS time_utc,
+       p.open, p.high, p.low, p.close, p.volume
+FROM price_data AS p JOIN symbols AS s ON s.id = p.symbol_id;
+"""
+
+_VALUE_COLUMNS = CANDLE_COLUMNS[1:]
+_INSERT_COLUMNS = ("symbol_id", *CANDLE_COLUMNS, "ingested_at")
+# Only rows whose values differ are rewritten, so an unchanged row keeps its first `ingested_at`.
+_UPSERT_SQL = (
+    f"INSERT INTO price_data ({', '.join(_INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)}) "
+    "ON CONFLICT(symbol_id, timestamp) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in (*_VALUE_COLUMNS, "ingested_at"))
+    + " WHERE "
+    + " OR ".join(f"price_data.{c} IS NOT excluded.{c}" for c in _VALUE_COLUMNS)
+)
+_SELECT_RANGE_SQL = (
+    f"SELECT {', '.join(CANDLE_COLUMNS)} FROM price_data "
+    "WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ? ORDER BY timestamp"
+)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used as a tradebeat store (wrong file, newer schema, read-only)."""
+
+
+class UnknownSymbol(LookupError):
+    """A symbol that was never registered in the store."""
+
+
+@dataclass(frozen=True)
+class SymbolRow:
+    symbol: str
+    created_at: str
+    is_active: bool
+    first_candle: int | None
+    last_candle: int | None
+    candles: int
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    corrected: list[int] = field(default_factory=list)
+
+    def __add__(self, other: "UpsertResult") -> "UpsertResult":
+        return UpsertResult(
+            self.inserted + other.inserted,
+            self.updated + other.updated,
+            self.unchanged + other.unchanged,
+            self.corrected + other.corrected,
+        )
+
+
+class CandleStore(Protocol):
+    """What the pipeline needs from a candle store."""
+
+    def register_symbol(self, symbol: str) -> int: ...
+    def deactivate_symbol(self, symbol: str) -> bool: ...
+    def list_symbols(self, *, active: bool | None = True) -> list[SymbolRow]: ...
+    def upsert_candles(self, batches: Sequence[tuple[str, pd.DataFrame]]) -> dict[str, UpsertResult]: ...
+    def read_candles(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame: ...
+
+
+class SQLiteStore:
+    """SQLite in WAL mode: readers never block the writer, one transaction per write."""
+
+    def __init__(self, path: Path | str, *, busy_timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self._conn: sqlite3.Connection | None = None
+
+    def __enter__(self) -> "SQLiteStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- connection and schema -------------------------------------------------------------
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        self._refuse_foreign_file()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"DB_PATH {self.path}: cannot open ({exc})") from exc
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"DB_PATH {self.path} has schema version {version}, newer than this tradebeat "
+                    f"understands ({SCHEMA_VERSION}); upgrade tradebeat instead of downgrading data"
+                )
+            if version == 0:
+                self._create_schema(conn)
+            conn.execute("PRAGMA foreign_keys = ON")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL survives a process crash; a power cut may lose the last commits, which
+            # the next heartbeat or backfill simply fetches again.
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if "readonly" in str(exc) or "read-only" in str(exc):
+                raise StoreError(f"DB_PATH {self.path} is read-only: {exc}") from exc
+            raise StoreError(f"DB_PATH {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"DB_PATH {self.path} is not a usable SQLite database: {exc}") from exc
+        except StoreError:
+            conn.close()
+            raise
+        return conn
+
+    def _refuse_foreign_file(self) -> None:
+        if not self.path.exists():
+            return
+        if self.path.is_dir():
+            raise StoreError(f"DB_PATH {self.path} is a directory, expected a SQLite file")
+        with self.path.open("rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:
+            raise StoreError(f"DB_PATH {self.path} is not a SQLite database; refusing to touch it")
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                foreign = conn.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE name NOT IN "
+                    "('symbols', 'price_data', 'candles')"
+                ).fetchone()[0]
+                if foreign:
+                    raise StoreError(
+                        f"DB_PATH {self.path} holds another application's tables; point DB_PATH at a new file"
+                    )
+                # executescript() would COMMIT first; run each statement inside this transaction.
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; taking the write lock up front avoids deadlocking upgrades."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc):
+                raise StoreError(f"DB_PATH {self.path} is read-only; nothing was written") from exc
+            if "locked" in str(exc):
+                raise StoreError(
+                    f"DB_PATH {self.path} stayed locked by another writer for "
+                    f"{self.busy_timeout_s:g}s; nothing was written"
+                ) from exc
+            raise
+
+    # -- symbols -----------------------------------------------------------------------------
+
+    def register_symbol(self, symbol: str) -> int:
+        """Add a symbol, or reactivate it; its stored data is kept either way."""
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO symbols (symbol, created_at, is_active) VALUES (?, ?, 1) "
+                "ON CONFLICT(symbol) DO UPDATE SET is_active = 1",
+                (symbol, created),
+            )
+            row = conn.execute("SELECT id FROM symbols WHERE symbol = ?", (symbol,)).fetchone()
+        return int(row[0])
+
+    def deactivate_symbol(self, symbol: str) -> bool:
+        """Mark a symbol inactive; returns False if it was never registered."""
+        with self.transaction() as conn:
+            cur = conn.execute("UPDATE symbols SET is_active = 0 WHERE symbol = ?", (symbol,))
+        return cur.rowcount > 0
+
+    def symbol_id(self, symbol: str) -> int:
+        row = self.conn.execute("SELECT id FROM symbols WHERE symbol = ?", (symbol,)).fetchone()
+        if row is None:
+            raise UnknownSymbol(f"symbol {symbol} is not registered; add it with `tradebeat symbols add`")
+        return int(row[0])
+
+    def list_symbols(self, *, active: bool | None = True) -> list[SymbolRow]:
+        where = "" if active is None else "WHERE s.is_active = ?"
+        params: tuple[int, ...] = () if active is None else (int(active),)
+        rows = self.conn.execute(
+            "SELECT s.symbol, s.created_at, s.is_active, "
+            "(SELECT min(timestamp) FROM price_data WHERE symbol_id = s.id), "
+            "(SELECT max(timestamp) FROM price_data WHERE symbol_id = s.id), "
+            "(SELECT count(*) FROM price_data WHERE symbol_id = s.id) "
+            f"FROM symbols AS s {where} ORDER BY s.id",
+            params,
+        ).fetchall()
+        return [SymbolRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    # -- candles -----------------------------------------------------------------------------
+
+    def upsert_candles(
+        self, batches: Sequence[tuple[str, pd.DataFrame]], *, now_ms: int | None = None
+    ) -> dict[str, UpsertResult]:
+        """Write every batch in ONE transaction: all of it lands, or none of it does."""
+        ingested_at = now_ms if now_ms is not None else int(time.time() * 1000)
+        results: dict[str, UpsertResult] = {}
+        with self.transaction() as conn:
+            for symbol, candles in batches:
+                sid = self._symbol_id_in(conn, symbol)
+                result = self._upsert_one(conn, sid, candles, ingested_at)
+                results[symbol] = results.get(symbol, UpsertResult()) + result
+        for symbol, result in results.items():
+            if result.corrected:
+                log.warning(
+                    "%s: exchange corrected %d stored candle(s): %s",
+                    symbol,
+                    len(result.corrected),
+                    ", ".join(iso_utc(ts) for ts in result.corrected[:10]),
+                )
+        return results
+
+    def _symbol_id_in(self, conn: sqlite3.Connection, symbol: str) -> int:
+        row = conn.execute("SELECT id FROM symbols WHERE symbol = ?", (symbol,)).fetchone()
+        if row is None:
+            raise UnknownSymbol(f"symbol {symbol} is not registered; add it with `tradebeat symbols add`")
+        return int(row[0])
+
+    def _upsert_one(
+        self, conn: sqlite3.Connection, sid: int, candles: pd.DataFrame, ingested_at: int
+    ) -> UpsertResult:
+        if candles.empty:
+            return UpsertResult()
+        candles = candles.loc[:, list(CANDLE_COLUMNS)]
+        ts = candles["timestamp"].to_numpy(dtype=np.int64)
+        lo, hi = int(ts.min()), int(ts.max()) + 1
+        existing = self._read(conn, sid, lo, hi)
+        if existing.empty:
+            to_write = candles
+            inserted, corrected = len(candles), []
+        else:
+            merged = candles.merge(
+                existing, on="timestamp", how="left", suffixes=("", "_old"), indicator=True
+            )
+            is_new = (merged["_merge"] == "left_only").to_numpy()
+            differs = np.zeros(len(merged), dtype=bool)
+            for c in _VALUE_COLUMNS:
+                new, old = merged[c], merged[f"{c}_old"]
+                differs |= ~((new == old) | (new.isna() & old.isna())).to_numpy(dtype=bool)
+            changed = differs & ~is_new
+            to_write = candles[is_new | changed]
+            inserted = int(is_new.sum())
+            corrected = merged.loc[changed, "timestamp"].astype(int).tolist()
+        conn.executemany(_UPSERT_SQL, _rows(sid, to_write, ingested_at))
+        return UpsertResult(
+            inserted=inserted,
+            updated=len(corrected),
+            unchanged=len(candles) - inserted - len(corrected),
+            corrected=corrected,
+        )
+
+    def read_candles(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        """Candles with open time in [start_ms, end_ms), oldest first."""
+        return self._read(self.conn, self.symbol_id(symbol), start_ms, end_ms)
+
+    def _read(self, conn: sqlite3.Connection, sid: int, start_ms: int, end_ms: int) -> pd.DataFrame:
+        rows = conn.execute(_SELECT_RANGE_SQL, (sid, start_ms, end_ms)).fetchall()
+        if not rows:
+            return empty_candles()
+        frame = pd.DataFrame.from_records(rows, columns=list(CANDLE_COLUMNS))
+        frame["timestamp"] = frame["timestamp"].astype("int64")
+        for c in (
+            *PRICE_COLUMNS,
+            "volume",
+            "quote_volume",
+            "taker_buy_volume",
+            "taker_buy_quote_volume",
+        ):
+            frame[c] = frame[c].astype("float64")
+        frame["trades"] = frame["trades"].astype("Int64")
+        return frame
+
+    def count_candles(self, symbol: str, start_ms: int = 0, end_ms: int = 2**62) -> int:
+        row = self.conn.execute(
+            "SELECT count(*) FROM price_data WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ?",
+            (self.symbol_id(symbol), start_ms, end_ms),
+        ).fetchone()
+        return int(row[0])
+
+
+def _rows(sid: int, candles: pd.DataFrame, ingested_at: int) -> Iterator[tuple[object, ...]]:
+    """Plain Python values for sqlite3 (it rejects numpy scalars); NaN/NA become NULL."""
+    columns: list[list[object]] = []
+    for c in CANDLE_COLUMNS:
+        series = candles[c]
+        if series.isna().any():
+            columns.append(series.astype(object).where(series.notna(), None).tolist())
+        else:
+            columns.append(series.tolist())
+    n = len(candles)
+    return zip([sid] * n, *columns, [ingested_at] * n, strict=True)

@@ -1,0 +1,88 @@
+"""Shared fixtures: the real sandbox exchange over HTTP, a fresh SQLite file, a temporary Dagster home.
+
+Nothing here is a mock: ccxt talks HTTP to the sandbox, the store writes a real file, and runs are
+recorded in a real Dagster instance. Only the exchange's clock is set by hand.
+"""
+
+import gzip
+import hashlib
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from importlib.resources import files
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tradebeat_pipeline.sandbox.market_data import historical_markets
+from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
+
+
+def ms(text: str) -> int:
+    """Epoch ms of an ISO-8601 UTC instant."""
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC).timestamp() * 1000)
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxServer]:
+    server = SandboxServer(Sandbox(historical_markets(), Clock(ms("2026-01-01T00:00:00Z"))))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxServer) -> Iterator[Sandbox]:
+    """The running sandbox, with its clock after all recorded data and no faults."""
+    state = sandbox_server.sandbox
+    state.clock.fixed_ms = ms("2026-01-01T00:00:00Z")
+    state.faults.clear()
+    state.requests.clear()
+    yield state
+    state.faults.clear()
+
+
+@pytest.fixture
+def env(tmp_path: Path, sandbox_server: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point everything at the sandbox, a fresh database and a fresh Dagster home; returns DB_PATH."""
+    db_path = tmp_path / "tradebeat.sqlite"
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("DB_PATH", str(db_path))
+    monkeypatch.setenv("BINANCE_API_URL", sandbox_server.url)
+    monkeypatch.setenv("TRADEBEAT_ENV_FILE", str(tmp_path / "no.env"))
+    monkeypatch.setenv("EXCHANGE_RETRY_BACKOFF_SECONDS", "0.01")
+    for name in ("BINANCE_API_KEY", "BINANCE_SECRET_KEY", "LOG_LEVEL", "BACKFILL_MINUTES"):
+        monkeypatch.delenv(name, raising=False)
+    return db_path
+
+
+@pytest.fixture
+def instance(env: Path) -> Iterator[dg.DagsterInstance]:
+    with dg.DagsterInstance.get() as inst:
+        yield inst
+
+
+def archive_rows(name: str) -> list[list[str]]:
+    """The bundled archive's rows as published (strings), read independently of the sandbox."""
+    path = files("tradebeat_pipeline.sandbox") / "data" / name
+    with gzip.open(str(path), "rt") as f:
+        return [line.strip().split(",") for line in f]
+
+
+def database_checksum(db_path: Path) -> str:
+    """A digest of every row of every table, to prove a refused command changed nothing."""
+    if not db_path.exists():
+        return "absent"
+    digest = hashlib.sha256()
+    with sqlite3.connect(db_path) as conn:
+        tables = [
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        ]
+        for table in tables:
+            digest.update(table.encode())
+            for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2"):
+                digest.update(repr(row).encode())
+    conn.close()
+    return digest.hexdigest()

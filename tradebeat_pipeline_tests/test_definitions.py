@@ -1,0 +1,47 @@
+"""Definitions load anywhere: no environment read, no network call, one partitions definition."""
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from tradebeat_pipeline.definitions import defs
+from tradebeat_pipeline.partitions import candle_partitions, daily_partitions, symbols_partitions
+from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
+
+
+def test_definitions_load_with_broken_settings_and_call_no_exchange(
+    sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    # Were any setting read or the exchange contacted at load, these values would make it fail.
+    env = {
+        "BINANCE_API_URL": sandbox_server.url,
+        "BACKFILL_MINUTES": "not-a-number",
+        "LOG_LEVEL": "LOUD",
+        "DB_PATH": "/nonexistent/dir/x.sqlite",
+        "PATH": "/usr/bin:/bin",
+    }
+    code = "from tradebeat_pipeline.definitions import defs; defs.resolve_all_asset_specs()"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert sum(sandbox.requests.values()) == 0
+
+
+def test_candles_are_partitioned_by_utc_day_and_dynamic_symbol() -> None:
+    assert isinstance(candle_partitions, dg.MultiPartitionsDefinition)
+    dims = {d.name: d.partitions_def for d in candle_partitions.partitions_defs}
+    assert dims == {"date": daily_partitions, "symbol": symbols_partitions}
+    assert symbols_partitions.name == "symbols"
+    assert daily_partitions.timezone == "UTC"
+    assert daily_partitions.get_first_partition_key() == "2017-07-14"
+
+
+def test_today_is_a_partition_too() -> None:
+    today = datetime.now(UTC).date().isoformat()
+    assert daily_partitions.get_last_partition_key() == today
+
+
+def test_history_backfills_run_as_one_run_per_range() -> None:
+    spec = defs.resolve_assets_def("ohlcv_1m")
+    assert spec.backfill_policy == dg.BackfillPolicy.single_run()
+    assert spec.partitions_def is candle_partitions

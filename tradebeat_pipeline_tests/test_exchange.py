@@ -1,0 +1,110 @@
+"""The ccxt exchange client, driven over HTTP against the sandbox exchange."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+from tradebeat_pipeline.exchange import (
+    CcxtExchange,
+    ExchangeFailure,
+    SymbolNotListed,
+    SymbolNotTrading,
+)
+from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
+from tradebeat_pipeline_tests.conftest import archive_rows, ms
+
+T = TypeVar("T")
+JAN1 = ms("2020-01-01T00:00:00Z")
+DAY = 86_400_000
+
+
+def run(server: SandboxServer, use: Callable[[CcxtExchange], Awaitable[T]], **options: object) -> T:
+    async def go() -> T:
+        async with CcxtExchange(api_url=server.url, backoff_s=0.01, **options) as exchange:  # type: ignore[arg-type]
+            return await use(exchange)
+
+    return asyncio.run(go())
+
+
+def test_three_days_come_back_with_the_archives_values(
+    sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    result = run(sandbox_server, lambda ex: ex.fetch_candles("BTC/USDT", JAN1, JAN1 + 3 * DAY))
+    archive = archive_rows("BTCUSDT-1m-vision.csv.gz")
+    got = result.candles
+    assert len(got) == 4320
+    assert got["timestamp"].tolist() == [int(r[0]) for r in archive]
+    assert got["close"].tolist() == [float(r[4]) for r in archive]
+    assert got["quote_volume"].tolist() == [float(r[7]) for r in archive]
+    assert got["trades"].tolist() == [int(r[8]) for r in archive]
+
+
+def test_candles_are_paged_a_thousand_per_request(sandbox: Sandbox, sandbox_server: SandboxServer) -> None:
+    run(sandbox_server, lambda ex: ex.fetch_candles("BTC/USDT", JAN1, JAN1 + 3 * DAY))
+    assert sandbox.requests["klines"] == 5  # 4,320 candles
+
+
+def test_the_open_minute_is_never_returned_judged_by_the_exchange_clock(
+    sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    # The local clock says 2026; the exchange says 12:00:30 on 2020-01-03, so 12:00 is still open.
+    sandbox.clock.fixed_ms = ms("2020-01-03T12:00:30Z")
+    result = run(sandbox_server, lambda ex: ex.fetch_candles("BTC/USDT", JAN1, JAN1 + 3 * DAY))
+    assert result.candles["timestamp"].max() == ms("2020-01-03T11:59:00Z")
+    assert len(result.candles) == 2 * 1440 + 720
+
+
+def test_a_symbol_the_exchange_does_not_list_raises_a_clear_error(
+    sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    with pytest.raises(SymbolNotListed, match="XRP/USDT is not listed"):
+        run(sandbox_server, lambda ex: ex.check_symbol("XRP/USDT"))
+
+
+def test_a_listed_but_halted_symbol_is_refused_as_not_trading(
+    sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    with pytest.raises(SymbolNotTrading, match=r"LUNA/USDT .* not trading"):
+        run(sandbox_server, lambda ex: ex.check_symbol("LUNA/USDT"))
+
+
+@pytest.mark.parametrize("fault", ["http_500", "http_429", "not_json", "missing_field", "non_numeric"])
+def test_transient_faults_are_retried_until_every_candle_arrives(
+    sandbox: Sandbox, sandbox_server: SandboxServer, fault: str
+) -> None:
+    sandbox.inject(fault, count=2)
+    result = run(sandbox_server, lambda ex: ex.fetch_candles("BTC/USDT", JAN1, JAN1 + DAY))
+    assert len(result.candles) == 1440
+    assert sandbox.requests["klines"] == 2 + 2
+
+
+def test_a_lasting_malformed_answer_fails_naming_it_after_the_retries(
+    sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    sandbox.inject("not_json", count=100)
+    with pytest.raises(ExchangeFailure, match=r"malformed answer.*not JSON"):
+        run(
+            sandbox_server,
+            lambda ex: ex.fetch_candles("BTC/USDT", JAN1, JAN1 + 600 * 60_000),
+            max_attempts=3,
+        )
+    assert sandbox.requests["klines"] == 3
+
+
+def test_the_client_throttles_to_its_share_of_the_declared_weight_budget(
+    sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    async def budget(ex: CcxtExchange) -> tuple[int, float]:
+        await ex.check_symbol("BTC/USDT")
+        return ex.weight_per_minute, ex._ccxt.rateLimit
+
+    weight, rate_limit_ms = run(sandbox_server, budget, rate_budget_share=0.5)
+    assert weight == sandbox.weight_limit
+    # ccxt's cost unit is 5 weight: half of 6,000/min is 600 units/min, one per 100 ms.
+    assert rate_limit_ms == pytest.approx(60_000 / (sandbox.weight_limit * 0.5 / 5))
+
+
+def test_the_first_candle_on_the_exchange_is_found(sandbox: Sandbox, sandbox_server: SandboxServer) -> None:
+    assert run(sandbox_server, lambda ex: ex.first_candle_ms("SOL/USDT")) == ms("2023-03-23T00:00:00Z")

@@ -1,0 +1,181 @@
+"""The SQLite store: schema, idempotent upserts, corrections, and refusing files it must not touch."""
+
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tradebeat_pipeline.candles import CANDLE_COLUMNS
+from tradebeat_pipeline.store import SCHEMA_VERSION, SQLiteStore, StoreError, UnknownSymbol
+
+DAY1 = 1577836800000  # 2020-01-01T00:00Z
+
+
+def candles(start: int, n: int, price: float = 100.0) -> pd.DataFrame:
+    ts = [start + i * 60_000 for i in range(n)]
+    return pd.DataFrame(
+        {
+            "timestamp": ts,
+            "open": price,
+            "high": price + 1,
+            "low": price - 1,
+            "close": price,
+            "volume": 2.5,
+            "quote_volume": None,
+            "trades": pd.array([7] * n, dtype="Int64"),
+            "taker_buy_volume": 1.0,
+            "taker_buy_quote_volume": None,
+        }
+    )[list(CANDLE_COLUMNS)]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    s = SQLiteStore(tmp_path / "candles.sqlite")
+    s.register_symbol("BTC/USDT")
+    return s
+
+
+def rows(store: SQLiteStore) -> list[tuple[object, ...]]:
+    return store.conn.execute("SELECT * FROM price_data ORDER BY timestamp").fetchall()
+
+
+def test_a_new_database_gets_the_versioned_schema_in_wal_mode(store: SQLiteStore) -> None:
+    conn = store.conn
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"symbols", "price_data", "candles"} <= names
+
+
+def test_writing_the_same_candles_twice_stores_them_once(store: SQLiteStore) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 10))], now_ms=1)
+    result = store.upsert_candles([("BTC/USDT", candles(DAY1, 10))], now_ms=2)
+    assert result["BTC/USDT"].unchanged == 10
+    assert len(rows(store)) == 10
+
+
+def test_an_unchanged_candle_keeps_the_time_it_was_first_ingested(store: SQLiteStore) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 3))], now_ms=1000)
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 3))], now_ms=2000)
+    assert [r[-1] for r in rows(store)] == [1000, 1000, 1000]
+
+
+def test_a_corrected_candle_gets_the_new_values_and_a_new_ingestion_time(
+    store: SQLiteStore,
+) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 3))], now_ms=1000)
+    corrected = candles(DAY1, 3)
+    corrected.loc[1, "close"] = 101.5
+    result = store.upsert_candles([("BTC/USDT", corrected)], now_ms=2000)
+    assert result["BTC/USDT"].corrected == [DAY1 + 60_000]
+    stored = rows(store)
+    assert [r[5] for r in stored] == [100.0, 101.5, 100.0]  # close
+    assert [r[-1] for r in stored] == [1000, 2000, 1000]  # ingested_at
+
+
+def test_an_upsert_never_touches_rows_it_was_not_given(store: SQLiteStore) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 10))], now_ms=1000)
+    store.upsert_candles([("BTC/USDT", candles(DAY1 + 3 * 60_000, 2, price=50))], now_ms=2000)
+    stored = rows(store)
+    assert len(stored) == 10
+    assert [r[2] for r in stored] == [100.0] * 3 + [50.0] * 2 + [100.0] * 5  # open
+
+
+def test_missing_volumes_are_stored_as_null(store: SQLiteStore) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 1))], now_ms=1)
+    (row,) = rows(store)
+    assert row[7] is None and row[8] == 7 and row[10] is None
+
+
+def test_a_write_is_one_transaction_all_batches_or_none(store: SQLiteStore) -> None:
+    with pytest.raises(UnknownSymbol):
+        store.upsert_candles([("BTC/USDT", candles(DAY1, 5)), ("ETH/USDT", candles(DAY1, 5))])
+    assert rows(store) == []
+
+
+def test_reading_returns_candles_in_the_half_open_window_oldest_first(store: SQLiteStore) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 10)[::-1])], now_ms=1)
+    frame = store.read_candles("BTC/USDT", DAY1 + 2 * 60_000, DAY1 + 5 * 60_000)
+    assert frame["timestamp"].tolist() == [DAY1 + i * 60_000 for i in (2, 3, 4)]
+
+
+def test_the_candles_view_shows_iso_times_for_people(store: SQLiteStore) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 1))], now_ms=1)
+    assert store.conn.execute("SELECT symbol, time_utc, close FROM candles").fetchall() == [
+        ("BTC/USDT", "2020-01-01T00:00:00Z", 100.0)
+    ]
+
+
+def test_removing_a_symbol_keeps_its_candles(store: SQLiteStore) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 4))], now_ms=1)
+    assert store.deactivate_symbol("BTC/USDT")
+    assert store.list_symbols(active=True) == []
+    (row,) = store.list_symbols(active=False)
+    assert (row.symbol, row.candles) == ("BTC/USDT", 4)
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"my trading notes, not a database\n" * 10)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not a SQLite database"):
+        SQLiteStore(path).list_symbols()
+    assert path.read_bytes() == before
+
+
+def test_a_database_from_a_newer_tradebeat_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "future.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="newer"):
+        SQLiteStore(path).list_symbols()
+    assert path.read_bytes() == before
+
+
+def test_another_applications_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    with pytest.raises(StoreError, match="another application"):
+        SQLiteStore(path).list_symbols()
+    with sqlite3.connect(path) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert names == {"invoices"}
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """Make a file read-only even for root (which ignores mode bits): the immutable attribute."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+    else:
+        path.chmod(0o444)
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        else:
+            path.chmod(0o644)
+
+
+def test_a_read_only_database_gives_a_clear_error_and_stays_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "ro.sqlite"
+    with SQLiteStore(path) as created:
+        created.list_symbols()
+    for extra in tmp_path.glob("ro.sqlite-*"):
+        extra.unlink()
+    before = path.read_bytes()
+    with read_only(path), pytest.raises(StoreError, match="read-only"):
+        SQLiteStore(path).register_symbol("BTC/USDT")
+    assert path.read_bytes() == before
