@@ -88,35 +88,53 @@ def parse_klines(answer: Any, *, where: str) -> tuple[pd.DataFrame, np.ndarray]:
     for i, row in enumerate(answer):
         if not isinstance(row, list) or len(row) < 11:
             raise MalformedAnswer(f"{where}: kline #{i} is not a row of at least 11 fields: {row!r:.120}")
-    frame = pd.DataFrame(answer)
-    columns: dict[str, pd.Series] = {}
-    for column, field in KLINE_FIELDS.items():
-        values = frame[field]
-        required = column in REQUIRED_COLUMNS
-        if required and values.isna().any():
-            bad = int(values.isna().to_numpy().nonzero()[0][0])
-            raise MalformedAnswer(f"{where}: kline #{bad} has no {column}")
+    if any(len(row) != len(answer[0]) for row in answer):
+        width = max(len(row) for row in answer)
+        answer = [[*row, *([None] * (width - len(row)))] for row in answer]
+    table = np.array(answer, dtype=object)
+    columns = {c: _numeric_column(table[:, f], c, where) for c, f in KLINE_FIELDS.items()}
+    try:
+        close_times = table[:, KLINE_CLOSE_TIME].astype(np.int64)
+    except (TypeError, ValueError):
+        raise MalformedAnswer(f"{where}: a kline has no numeric close time (field 6)") from None
+    return pd.DataFrame(columns), close_times
+
+
+def _numeric_column(values: np.ndarray, column: str, where: str) -> Any:
+    """One column as numbers; the fast path is numpy's own conversion of the decimal strings."""
+    try:
+        numbers = values.astype(np.int64 if column == "timestamp" else np.float64)
+    except (TypeError, ValueError, OverflowError):
+        numbers = None
+    if numbers is None or not np.isfinite(numbers).all():
+        # numpy turns None and "nan" into NaN: tell a missing optional value from a bad one.
+        numbers = _numeric_column_checked(values, column, where)
+    return pd.array(numbers, dtype="Int64") if column == "trades" else numbers
+
+
+def _numeric_column_checked(values: np.ndarray, column: str, where: str) -> np.ndarray:
+    """Value by value: None only where the column is optional, otherwise finite numbers."""
+    out = np.empty(len(values), dtype=np.float64)
+    for i, value in enumerate(values):
+        if value is None:
+            if column in REQUIRED_COLUMNS:
+                raise MalformedAnswer(f"{where}: kline #{i} has no {column}")
+            out[i] = np.nan
+            continue
         try:
-            numbers = pd.to_numeric(values, errors="raise")
-        except (ValueError, TypeError):
-            first = _first_non_numeric(values)
-            raise MalformedAnswer(
-                f"{where}: kline #{first} has a non-numeric {column}: {values.iloc[first]!r:.40}"
-            ) from None
-        if not np.isfinite(numbers.dropna().to_numpy(dtype=float)).all():
-            raise MalformedAnswer(f"{where}: non-finite {column} in klines")
-        columns[column] = numbers.astype(_dtype(column))
-    close_times = pd.to_numeric(frame[KLINE_CLOSE_TIME], errors="coerce")
-    if close_times.isna().any():
-        raise MalformedAnswer(f"{where}: a kline has no numeric close time (field 6)")
-    candles = pd.DataFrame(columns)
-    return candles, close_times.to_numpy(dtype=np.int64)
+            if isinstance(value, bool):
+                raise TypeError
+            number = float(value)
+        except (TypeError, ValueError):
+            raise MalformedAnswer(f"{where}: kline #{i} has a non-numeric {column}: {value!r:.40}") from None
+        if not np.isfinite(number) or (isinstance(value, str) and value.strip().lower() in _NAN_TEXT):
+            kind = "non-numeric" if isinstance(value, str) else "non-finite"
+            raise MalformedAnswer(f"{where}: kline #{i} has a {kind} {column}: {value!r:.40}")
+        out[i] = number
+    return out.astype(np.int64) if column == "timestamp" else out
 
 
-def _first_non_numeric(values: pd.Series) -> int:
-    coerced = pd.to_numeric(values, errors="coerce")
-    bad = (coerced.isna() & values.notna()).to_numpy().nonzero()[0]
-    return int(bad[0]) if len(bad) else 0
+_NAN_TEXT = {"nan", "inf", "-inf", "infinity", "-infinity", "+inf"}
 
 
 def clean_candles(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:

@@ -34,6 +34,7 @@ class Settings:
     log_level: str = "INFO"
     retry_attempts: int = 6
     retry_backoff_seconds: float = 0.5
+    rate_budget_share: float = 0.5
 
     def __repr__(self) -> str:
         # Keys must never reach a log line or an exception message, even by accident.
@@ -43,7 +44,8 @@ class Settings:
             f"backfill_minutes={self.backfill_minutes}, "
             f"heartbeat_buffer_seconds={self.heartbeat_buffer_seconds}, log_level={self.log_level!r}, "
             f"retry_attempts={self.retry_attempts}, "
-            f"retry_backoff_seconds={self.retry_backoff_seconds})"
+            f"retry_backoff_seconds={self.retry_backoff_seconds}, "
+            f"rate_budget_share={self.rate_budget_share})"
         )
 
     @classmethod
@@ -77,6 +79,7 @@ class Settings:
             retry_backoff_seconds=_seconds(
                 "EXCHANGE_RETRY_BACKOFF_SECONDS", get("EXCHANGE_RETRY_BACKOFF_SECONDS"), 0.5, 60
             ),
+            rate_budget_share=_share(get("RATE_BUDGET_SHARE")),
         )
 
 
@@ -117,6 +120,18 @@ def _seconds(name: str, raw: str | None, default: float, maximum: float) -> floa
         raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
     if not 0 <= value <= maximum:
         raise SettingsError(f"{name} must be between 0 and {maximum:g} seconds, got {value:g}")
+    return value
+
+
+def _share(raw: str | None) -> float:
+    if raw is None:
+        return 0.5
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"RATE_BUDGET_SHARE must be a fraction such as 0.5, got {raw!r}") from None
+    if not 0 < value <= 1:
+        raise SettingsError(f"RATE_BUDGET_SHARE must be above 0 and at most 1, got {value:g}")
     return value
 
 

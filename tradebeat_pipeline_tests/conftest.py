@@ -6,6 +6,7 @@ recorded in a real Dagster instance. Only the exchange's clock is set by hand.
 
 import gzip
 import hashlib
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import pytest
 
 from tradebeat_pipeline.sandbox.market_data import historical_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
+from tradebeat_pipeline.settings import PROJECT_DIR
 
 
 def ms(text: str) -> int:
@@ -48,6 +50,7 @@ def env(tmp_path: Path, sandbox_server: SandboxServer, monkeypatch: pytest.Monke
     db_path = tmp_path / "tradebeat.sqlite"
     home = tmp_path / "dagster_home"
     home.mkdir()
+    shutil.copy(PROJECT_DIR / "dagster_home" / "dagster.yaml", home)  # the instance users run
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("DB_PATH", str(db_path))
     monkeypatch.setenv("BINANCE_API_URL", sandbox_server.url)

@@ -27,6 +27,7 @@ def test_defaults_need_no_environment_at_all() -> None:
         ("BINANCE_API_URL", "ftp://example"),
         ("BINANCE_API_URL", "api.binance.com"),
         ("EXCHANGE_RETRY_ATTEMPTS", "0"),
+        ("RATE_BUDGET_SHARE", "1.5"),
     ],
 )
 def test_an_invalid_value_stops_with_a_message_naming_the_variable(name: str, value: str) -> None:

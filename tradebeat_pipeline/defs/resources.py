@@ -18,7 +18,7 @@ class ExchangeResource(dg.ConfigurableResource):
     """The exchange, reached through ccxt. Fields left unset come from the environment."""
 
     api_url: str | None = None
-    rate_budget_share: float = 0.5
+    rate_budget_share: float | None = None
     timeout_ms: int = 10_000
     concurrency: int = 8
 
@@ -29,7 +29,7 @@ class ExchangeResource(dg.ConfigurableResource):
             api_url=self.api_url or settings.api_url,
             api_key=settings.api_key,
             secret_key=settings.secret_key,
-            rate_budget_share=self.rate_budget_share,
+            rate_budget_share=self.rate_budget_share or settings.rate_budget_share,
             timeout_ms=self.timeout_ms,
             concurrency=self.concurrency,
             max_attempts=settings.retry_attempts,

@@ -140,28 +140,36 @@ class SyntheticSeries:
         highs = np.maximum(opens, closes) * (1 + 0.002 * u)
         lows = np.minimum(opens, closes) * (1 - 0.002 * (1 - u))
         volume = 5 + 20 * _uniform(minutes[:-1] + 7)
-        trades = (volume * 7).astype(np.int64)
-        rows: list[Kline] = []
-        for i in range(count):
-            t = int(minutes[i]) * MINUTE_MS
-            q = volume[i] * closes[i]
-            rows.append(
-                [
-                    t,
-                    f"{opens[i]:.8f}",
-                    f"{highs[i]:.8f}",
-                    f"{lows[i]:.8f}",
-                    f"{closes[i]:.8f}",
-                    f"{volume[i]:.8f}",
-                    t + MINUTE_MS - 1,
-                    f"{q:.8f}",
-                    int(trades[i]),
-                    f"{volume[i] / 2:.8f}",
-                    f"{q / 2:.8f}",
-                    "0",
-                ]
-            )
-        return rows
+        quote = volume * closes
+        columns = zip(
+            (minutes[:-1] * MINUTE_MS).tolist(),
+            opens.tolist(),
+            highs.tolist(),
+            lows.tolist(),
+            closes.tolist(),
+            volume.tolist(),
+            quote.tolist(),
+            (volume * 7).astype(np.int64).tolist(),
+            strict=True,
+        )
+        # Plain Python floats format several times faster than numpy scalars.
+        return [
+            [
+                t,
+                f"{o:.8f}",
+                f"{h:.8f}",
+                f"{lo:.8f}",
+                f"{c:.8f}",
+                f"{v:.8f}",
+                t + MINUTE_MS - 1,
+                f"{q:.8f}",
+                n,
+                f"{v / 2:.8f}",
+                f"{q / 2:.8f}",
+                "0",
+            ]
+            for t, o, h, lo, c, v, q, n in columns
+        ]
 
     def _price(self, minutes: np.ndarray) -> np.ndarray:
         m = minutes.astype(np.float64)
