@@ -109,7 +109,7 @@ def _numeric_column(values: np.ndarray, column: str, where: str) -> Any:
     if numbers is None or not np.isfinite(numbers).all():
         # numpy turns None and "nan" into NaN: tell a missing optional value from a bad one.
         numbers = _numeric_column_checked(values, column, where)
-    return pd.array(numbers, dtype="Int64") if column == "trades" else numbers
+    return pd.Series(numbers).astype("Int64").array if column == "trades" else numbers
 
 
 def _numeric_column_checked(values: np.ndarray, column: str, where: str) -> np.ndarray:
