@@ -100,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
         default=6000,
         help="REQUEST_WEIGHT per minute the sandbox declares and enforces",
     )
+    sandbox.add_argument(
+        "--synthetic-markets",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also list N made-up markets S000/USDT.. (for many-symbol benchmarks)",
+    )
     sandbox.set_defaults(run=sandbox_command)
     return parser
 
@@ -265,10 +272,14 @@ def sandbox_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.replay:
         now = int(datetime.now(UTC).timestamp() * 1000)
         anchor = now - now % DAY_MS - 30 * DAY_MS  # history reaches back 30 days
-        sandbox = Sandbox(replay_markets(anchor), Clock(), weight_limit=args.weight_limit)
+        sandbox = Sandbox(
+            replay_markets(anchor, args.synthetic_markets), Clock(), weight_limit=args.weight_limit
+        )
     else:
         fixed = _parse_instant(args.now) if args.now else None
-        sandbox = Sandbox(historical_markets(), Clock(fixed), weight_limit=args.weight_limit)
+        sandbox = Sandbox(
+            historical_markets(args.synthetic_markets), Clock(fixed), weight_limit=args.weight_limit
+        )
     print(
         f"sandbox exchange on http://127.0.0.1:{args.port} "
         f"({'live replay' if args.replay else 'historical'}); Ctrl-C stops it",

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from tradebeat_pipeline.defs.assets import ohlcv_1m
+from tradebeat_pipeline.defs.automation import candles_job, heartbeat, symbols_sensor
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
 from tradebeat_pipeline.io_manager import CandleIOManager
 
@@ -16,4 +17,10 @@ def resources() -> dict[str, object]:
     }
 
 
-defs = dg.Definitions(assets=[ohlcv_1m], resources=resources())
+defs = dg.Definitions(
+    assets=[ohlcv_1m],
+    jobs=[candles_job],
+    schedules=[heartbeat],
+    sensors=[symbols_sensor],
+    resources=resources(),
+)

@@ -19,6 +19,8 @@ from tradebeat_pipeline.partitions import days_by_symbol
 from tradebeat_pipeline.store import SQLiteStore, UpsertResult
 
 SYMBOL_COLUMN = "symbol"
+# A heartbeat's frame carries {"minute", "ok", "failed"} here, for its one log line after commit.
+BEAT_ATTR = "tradebeat_beat"
 
 
 class CandleIOManager(dg.ConfigurableIOManager):
@@ -41,6 +43,7 @@ class CandleIOManager(dg.ConfigurableIOManager):
                 )
                 for symbol, days in requested.items()
             }
+        committed_ms = int(time.time() * 1000)
         total = sum(results.values(), UpsertResult())
         metadata: dict[str, dg.RawMetadataValue] = {
             "rows": len(obj),
@@ -55,6 +58,19 @@ class CandleIOManager(dg.ConfigurableIOManager):
             metadata["last_candle"] = iso_utc(int(obj["timestamp"].max()))
         if len(missing) <= 20:
             metadata["missing_minutes_by_symbol"] = {s: int(m) for s, m in missing.items()}
+        beat = obj.attrs.get(BEAT_ATTR)
+        if beat is not None:
+            latency = (committed_ms - beat["minute"] - MINUTE_MS) / 1000
+            metadata.update(
+                beat_minute=iso_utc(beat["minute"]),
+                close_to_commit_s=latency,
+                failed_symbols=", ".join(beat["failed"]) or "none",
+            )
+            context.log.info(
+                f"beat {iso_utc(beat['minute'])}: {beat['ok']} symbols ok, {len(beat['failed'])} failed, "
+                f"{total.inserted} candles stored ({total.updated} corrected), "
+                f"close to commit {latency:.1f}s"
+            )
         context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:

@@ -52,3 +52,9 @@ def range_tags(first: tuple[date, str], last: tuple[date, str]) -> dict[str, str
         "dagster/asset_partition_range_start": str(partition_key(*first)),
         "dagster/asset_partition_range_end": str(partition_key(*last)),
     }
+
+
+# Run tags tradebeat sets and reads.
+KIND_TAG = "tradebeat/kind"  # "heartbeat" or "backfill"
+BEAT_MINUTE_TAG = "tradebeat/beat_minute"  # epoch ms of the minute a heartbeat stores
+SYMBOL_TAG = "tradebeat/symbol"  # the symbol an automatic backfill onboards

@@ -35,6 +35,7 @@ class Settings:
     retry_attempts: int = 6
     retry_backoff_seconds: float = 0.5
     rate_budget_share: float = 0.5
+    symbols: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         # Keys must never reach a log line or an exception message, even by accident.
@@ -45,7 +46,7 @@ class Settings:
             f"heartbeat_buffer_seconds={self.heartbeat_buffer_seconds}, log_level={self.log_level!r}, "
             f"retry_attempts={self.retry_attempts}, "
             f"retry_backoff_seconds={self.retry_backoff_seconds}, "
-            f"rate_budget_share={self.rate_budget_share})"
+            f"rate_budget_share={self.rate_budget_share}, symbols={self.symbols!r})"
         )
 
     @classmethod
@@ -80,6 +81,7 @@ class Settings:
                 "EXCHANGE_RETRY_BACKOFF_SECONDS", get("EXCHANGE_RETRY_BACKOFF_SECONDS"), 0.5, 60
             ),
             rate_budget_share=_share(get("RATE_BUDGET_SHARE")),
+            symbols=tuple(s.strip() for s in (get("SYMBOLS") or "").split(",") if s.strip()),
         )
 
 

@@ -112,6 +112,7 @@ class CandleStore(Protocol):
     def list_symbols(self, *, active: bool | None = True) -> list[SymbolRow]: ...
     def upsert_candles(self, batches: Sequence[tuple[str, pd.DataFrame]]) -> dict[str, UpsertResult]: ...
     def read_candles(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame: ...
+    def newest_candles(self, symbols: Sequence[str]) -> dict[str, int | None]: ...
 
 
 class SQLiteStore:
@@ -321,7 +322,8 @@ class SQLiteStore:
             differs = np.zeros(len(merged), dtype=bool)
             for c in _VALUE_COLUMNS:
                 new, old = merged[c], merged[f"{c}_old"]
-                differs |= ~((new == old) | (new.isna() & old.isna())).to_numpy(dtype=bool)
+                same = (new == old).fillna(False) | (new.isna() & old.isna())
+                differs |= ~same.to_numpy(dtype=bool)
             changed = differs & ~is_new
             to_write = candles[is_new | changed]
             inserted = int(is_new.sum())
@@ -354,6 +356,18 @@ class SQLiteStore:
             frame[c] = frame[c].astype("float64")
         frame["trades"] = frame["trades"].astype("Int64")
         return frame
+
+    def newest_candles(self, symbols: Sequence[str]) -> dict[str, int | None]:
+        """Open time of each symbol's newest stored candle (None when it has none)."""
+        newest: dict[str, int | None] = {}
+        for symbol in symbols:
+            row = self.conn.execute(
+                "SELECT max(p.timestamp) FROM symbols AS s LEFT JOIN price_data AS p "
+                "ON p.symbol_id = s.id WHERE s.symbol = ?",
+                (symbol,),
+            ).fetchone()
+            newest[symbol] = None if row is None or row[0] is None else int(row[0])
+        return newest
 
     def count_candles(self, symbol: str, start_ms: int = 0, end_ms: int = 2**62) -> int:
         row = self.conn.execute(

@@ -28,7 +28,7 @@ def ms(text: str) -> int:
 
 @pytest.fixture(scope="session")
 def sandbox_server() -> Iterator[SandboxServer]:
-    server = SandboxServer(Sandbox(historical_markets(), Clock(ms("2026-01-01T00:00:00Z"))))
+    server = SandboxServer(Sandbox(historical_markets(synthetic=100), Clock(ms("2026-01-01T00:00:00Z"))))
     with server:
         yield server
 

@@ -87,6 +87,13 @@ def test_an_upsert_never_touches_rows_it_was_not_given(store: SQLiteStore) -> No
     assert [r[2] for r in stored] == [100.0] * 3 + [50.0] * 2 + [100.0] * 5  # open
 
 
+def test_a_batch_of_new_and_already_stored_candles_inserts_only_the_new(store: SQLiteStore) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 5))], now_ms=1000)
+    result = store.upsert_candles([("BTC/USDT", candles(DAY1 + 2 * 60_000, 6))], now_ms=2000)
+    assert (result["BTC/USDT"].inserted, result["BTC/USDT"].unchanged) == (3, 3)
+    assert [r[-1] for r in rows(store)] == [1000] * 5 + [2000] * 3
+
+
 def test_missing_volumes_are_stored_as_null(store: SQLiteStore) -> None:
     store.upsert_candles([("BTC/USDT", candles(DAY1, 1))], now_ms=1)
     (row,) = rows(store)

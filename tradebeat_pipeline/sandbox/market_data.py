@@ -220,24 +220,25 @@ SYNTHETIC_START = int(datetime(2017, 8, 17, tzinfo=UTC).timestamp() * 1000)
 _RECORDED_2023 = "{}-1m-2023-03-23_25.csv.gz"
 
 
-def historical_markets() -> dict[str, Market]:
+def historical_markets(synthetic: int = 0) -> dict[str, Market]:
     """Every recorded candle at its true time, plus a synthetic market for long ranges."""
     btc = RecordedSeries.from_files("BTCUSDT-1m-vision.csv.gz", _RECORDED_2023.format("BTCUSDT"))
     eth = RecordedSeries.from_files("ETHUSDT-1m-vision.csv.gz", _RECORDED_2023.format("ETHUSDT"))
     sol = RecordedSeries.from_files(_RECORDED_2023.format("SOLUSDT"))
-    return _markets(btc, eth, sol)
+    return _markets(btc, eth, sol, synthetic)
 
 
-def replay_markets(anchor_ms: int) -> dict[str, Market]:
+def replay_markets(anchor_ms: int, synthetic: int = 0) -> dict[str, Market]:
     """The recorded 2023-03-23..25 days replayed on the wall clock from `anchor_ms` on."""
     series = [
         ReplayedSeries(RecordedSeries.from_files(_RECORDED_2023.format(s)), anchor_ms)
         for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")
     ]
-    return _markets(*series)
+    return _markets(*series, synthetic=synthetic)
 
 
-def _markets(btc: Series, eth: Series, sol: Series) -> dict[str, Market]:
+def _markets(btc: Series, eth: Series, sol: Series, synthetic: int = 0) -> dict[str, Market]:
+    """The bundled markets, plus `synthetic` made-up ones (S000/USDT, ...) for many-symbol runs."""
     markets = [
         Market("BTCUSDT", "BTC", "USDT", "TRADING", btc),
         Market("ETHUSDT", "ETH", "USDT", "TRADING", eth),
@@ -245,5 +246,9 @@ def _markets(btc: Series, eth: Series, sol: Series) -> dict[str, Market]:
         Market("SYNUSDT", "SYN", "USDT", "TRADING", SyntheticSeries(SYNTHETIC_START)),
         # Listed but halted, as Binance shows a delisted or suspended pair.
         Market("LUNAUSDT", "LUNA", "USDT", "BREAK", SyntheticSeries(SYNTHETIC_START, 5.0)),
+    ]
+    markets += [
+        Market(f"S{i:03d}USDT", f"S{i:03d}", "USDT", "TRADING", SyntheticSeries(SYNTHETIC_START, 10.0 + i))
+        for i in range(synthetic)
     ]
     return {m.symbol: m for m in markets}

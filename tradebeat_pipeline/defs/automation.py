@@ -1,0 +1,156 @@
+"""What makes runs happen: the minute heartbeat schedule and the symbols sensor."""
+
+import asyncio
+import time
+from datetime import UTC
+
+import dagster as dg
+
+from tradebeat_pipeline.candles import MINUTE_MS, SymbolError, normalize_symbol
+from tradebeat_pipeline.defs.assets import ohlcv_1m
+from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
+from tradebeat_pipeline.exchange import SymbolNotListed, SymbolNotTrading
+from tradebeat_pipeline.heartbeat import beat_days
+from tradebeat_pipeline.partitions import (
+    BEAT_MINUTE_TAG,
+    KIND_TAG,
+    SYMBOL_TAG,
+    SYMBOLS_PARTITIONS_NAME,
+    candle_partitions,
+    range_tags,
+    symbols_partitions,
+)
+from tradebeat_pipeline.settings import Settings
+from tradebeat_pipeline.symbols import SymbolsCursor, history_days, plan_symbols
+
+# One step, so the in-process executor: it starts a run in about half the time of multiprocess.
+candles_job = dg.define_asset_job(
+    "candles_job",
+    selection=[ohlcv_1m],
+    partitions_def=candle_partitions,
+    executor_def=dg.in_process_executor,
+)
+
+
+@dg.schedule(
+    cron_schedule="* * * * *",
+    execution_timezone="UTC",
+    job=candles_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg.RunRequest | dg.SkipReason:
+    """Every minute, ONE run over every symbol's latest day(s) that stores the minute now open once
+    it has closed (the run waits for the close plus HEARTBEAT_BUFFER_SECONDS).
+
+    Beats never overlap: the run queue admits one `tradebeat/kind=heartbeat` run at a time
+    (dagster.yaml), and a beat is skipped while another is still waiting in the queue, so a slow
+    exchange never piles beats up; the next beat stores whatever the skipped ones missed.
+    """
+    symbols = context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
+    if not symbols:
+        return dg.SkipReason("no symbols registered; add one with `tradebeat symbols add BTC/USDT`")
+    waiting = context.instance.get_run_records(
+        filters=dg.RunsFilter(tags={KIND_TAG: "heartbeat"}, statuses=[dg.DagsterRunStatus.QUEUED]),
+        limit=1,
+    )
+    if waiting:
+        return dg.SkipReason(f"beat {waiting[0].dagster_run.run_id} is still queued")
+    scheduled = context.scheduled_execution_time.astimezone(UTC)
+    minute_ms = int(scheduled.timestamp() * 1000) // MINUTE_MS * MINUTE_MS
+    with store.open() as candles:
+        newest = candles.newest_candles(symbols)
+    oldest = min((t for t in newest.values() if t is not None), default=None)
+    first, last = beat_days(minute_ms, oldest)
+    return dg.RunRequest(
+        run_key=f"beat-{minute_ms}",
+        tags={
+            **range_tags((first, symbols[0]), (last, symbols[-1])),
+            KIND_TAG: "heartbeat",
+            BEAT_MINUTE_TAG: str(minute_ms),
+        },
+    )
+
+
+@dg.sensor(job=candles_job, minimum_interval_seconds=15, default_status=dg.DefaultSensorStatus.RUNNING)
+def symbols_sensor(
+    context: dg.SensorEvaluationContext, exchange: ExchangeResource, store: StoreResource
+) -> dg.SensorResult:
+    """Onboards symbols however they were added (UI partition, `tradebeat symbols add`, SYMBOLS):
+    validates them against the exchange, keeps one upper-case spelling, registers them in the
+    store and launches ONE backfill run of BACKFILL_MINUTES of history; retires removed ones."""
+    settings = Settings.load()
+    cursor = SymbolsCursor.load(context.cursor)
+    partitions = context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
+    plan = plan_symbols(list(partitions), list(settings.symbols), cursor)
+    add: list[str] = []
+    delete: list[str] = []
+    runs: list[dg.RunRequest] = []
+
+    verdicts = asyncio.run(_validate(exchange, plan.candidates)) if plan.candidates else {}
+    for raw in plan.candidates:
+        if raw in settings.symbols:
+            cursor.setting_seen.add(raw)
+        symbol, reason = verdicts[raw]
+        if raw in partitions and (raw != symbol or reason is not None):
+            delete.append(raw)  # a rejected symbol, or a second spelling of one
+        if reason is not None:
+            context.log.warning(f"rejected symbol {raw!r}: {reason}")
+            continue
+        assert symbol is not None
+        if symbol in cursor.onboarded:
+            continue
+        with store.open() as candles:
+            candles.register_symbol(symbol)
+            newest = candles.newest_candles([symbol])[symbol]
+        if symbol not in partitions and symbol not in add:
+            add.append(symbol)
+        now_ms = int(time.time() * 1000)
+        first, last = history_days(now_ms, settings.backfill_minutes, newest)
+        runs.append(
+            dg.RunRequest(
+                run_key=f"onboard-{symbol}-{now_ms}",
+                tags={
+                    **range_tags((first, symbol), (last, symbol)),
+                    KIND_TAG: "backfill",
+                    SYMBOL_TAG: symbol,
+                },
+            )
+        )
+        cursor.onboarded.add(symbol)
+        context.log.info(f"onboarded {symbol}: backfilling {first}..{last} as one run")
+
+    for symbol in plan.retired:
+        with store.open() as candles:
+            candles.deactivate_symbol(symbol)
+        cursor.onboarded.discard(symbol)
+        context.log.info(f"retired {symbol}: partition removed, candles kept")
+
+    requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+    if add:
+        requests.append(symbols_partitions.build_add_request(add))
+    if delete:
+        requests.append(symbols_partitions.build_delete_request(delete))
+    return dg.SensorResult(run_requests=runs, dynamic_partitions_requests=requests, cursor=cursor.dump())
+
+
+async def _validate(exchange: ExchangeResource, raws: list[str]) -> dict[str, tuple[str | None, str | None]]:
+    """Per raw input: (normalised symbol, None) if the exchange trades it, else (symbol?, reason).
+
+    An exchange that cannot be reached raises: the tick fails visibly and is retried, instead of
+    rejecting good symbols.
+    """
+    verdicts: dict[str, tuple[str | None, str | None]] = {}
+    async with exchange.open() as client:
+        for raw in raws:
+            try:
+                symbol = normalize_symbol(raw)
+            except SymbolError as exc:
+                verdicts[raw] = (None, str(exc))
+                continue
+            try:
+                await client.check_symbol(symbol)
+            except (SymbolNotListed, SymbolNotTrading) as exc:
+                verdicts[raw] = (symbol, str(exc))
+            else:
+                verdicts[raw] = (symbol, None)
+    return verdicts

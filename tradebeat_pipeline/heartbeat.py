@@ -1,0 +1,97 @@
+"""The minute heartbeat's logic, apart from Dagster: which days a beat covers, which minutes each
+symbol needs, waiting for the minute to close, and fetching every symbol without one failure
+stopping the others."""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from tradebeat_pipeline.candles import MINUTE_MS, day_window
+from tradebeat_pipeline.exchange import Exchange, FetchResult, gather_or_cancel
+
+log = logging.getLogger("tradebeat.heartbeat")
+
+# Closed minutes fetched again on every beat, so an exchange correction of a recent candle is seen.
+REFETCH_MINUTES = 3
+# After downtime a beat covers at most this many missed days; older holes are a backfill's job.
+MAX_CATCH_UP_DAYS = 7
+# How long a beat waits past the buffer for an exchange whose clock is behind ours.
+MAX_EXCHANGE_LAG_S = 30.0
+
+
+def utc_day(ms: int) -> date:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).date()
+
+
+def beat_days(minute_ms: int, oldest_newest_ms: int | None) -> tuple[date, date]:
+    """Days a beat for `minute_ms` covers: back to the stalest symbol's newest candle (bounded)."""
+    last = utc_day(minute_ms)
+    first = utc_day(minute_ms - REFETCH_MINUTES * MINUTE_MS)
+    if oldest_newest_ms is not None and oldest_newest_ms < minute_ms:
+        first = min(first, utc_day(oldest_newest_ms))
+    return max(first, last - timedelta(days=MAX_CATCH_UP_DAYS)), last
+
+
+def beat_windows(
+    requested: dict[str, list[date]], newest: dict[str, int | None], minute_ms: int
+) -> dict[str, tuple[int, int]]:
+    """Per symbol, [start, end) open times to fetch: every minute not yet stored up to the beat's
+    minute, plus the last few stored ones again; never outside the run's own days."""
+    windows: dict[str, tuple[int, int]] = {}
+    end = minute_ms + MINUTE_MS
+    for symbol, days in requested.items():
+        first_allowed, last_allowed = day_window(days[0])[0], day_window(days[-1])[1]
+        stored = newest.get(symbol)
+        if stored is None:
+            start = day_window(utc_day(minute_ms))[0]
+        else:
+            start = stored + MINUTE_MS - REFETCH_MINUTES * MINUTE_MS
+        start = max(start, first_allowed)
+        windows[symbol] = (start, min(end, last_allowed))
+    return windows
+
+
+async def wait_until_closed(
+    exchange: Exchange,
+    minute_ms: int,
+    buffer_s: float,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Sleep until `buffer_s` after the minute closes by our clock, then until the exchange agrees."""
+    close_ms = minute_ms + MINUTE_MS
+    wait = (close_ms / 1000 + buffer_s) - clock()
+    if wait > 0:
+        await sleep(wait)
+    deadline = clock() + MAX_EXCHANGE_LAG_S
+    while True:
+        behind = close_ms - await exchange.server_time_ms()
+        if behind <= 0 or clock() >= deadline:
+            return
+        log.info("exchange clock is %.1fs behind the minute's close; waiting", behind / 1000)
+        await sleep(behind / 1000 + 0.2)
+
+
+@dataclass(frozen=True)
+class BeatFetch:
+    results: dict[str, FetchResult]
+    failures: dict[str, str]
+
+
+async def fetch_windows(exchange: Exchange, windows: dict[str, tuple[int, int]]) -> BeatFetch:
+    """Fetch every symbol's window at once; a symbol that fails is reported, the others kept."""
+
+    async def one(symbol: str, start: int, end: int) -> tuple[str, FetchResult | str]:
+        try:
+            return symbol, await exchange.fetch_candles(symbol, start, end)
+        except Exception as exc:  # one symbol's failure must not cost the others their candles
+            return symbol, f"{type(exc).__name__}: {exc}"
+
+    pairs = await gather_or_cancel(one(s, a, b) for s, (a, b) in windows.items() if b > a)
+    results = {s: r for s, r in pairs if isinstance(r, FetchResult)}
+    failures = {s: r for s, r in pairs if isinstance(r, str)}
+    return BeatFetch(results, failures)

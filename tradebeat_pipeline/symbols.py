@@ -1,0 +1,50 @@
+"""Symbol lifecycle decisions, apart from Dagster: what the symbols sensor must validate, onboard
+and retire on a tick, and the history an onboarded symbol gets."""
+
+import json
+from dataclasses import dataclass, field
+from datetime import date
+
+from tradebeat_pipeline.candles import MINUTE_MS
+from tradebeat_pipeline.heartbeat import utc_day
+
+
+@dataclass
+class SymbolsCursor:
+    """What the sensor has done: symbols onboarded (history backfill launched), SYMBOLS entries seen."""
+
+    onboarded: set[str] = field(default_factory=set)
+    setting_seen: set[str] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, text: str | None) -> "SymbolsCursor":
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(set(data.get("onboarded", [])), set(data.get("setting_seen", [])))
+
+    def dump(self) -> str:
+        return json.dumps({"onboarded": sorted(self.onboarded), "setting_seen": sorted(self.setting_seen)})
+
+
+@dataclass(frozen=True)
+class SymbolsPlan:
+    candidates: list[str]  # partition keys or SYMBOLS entries to validate and onboard, as typed
+    retired: list[str]  # onboarded symbols whose partition is gone: deactivate
+
+
+def plan_symbols(partitions: list[str], setting: list[str], cursor: SymbolsCursor) -> SymbolsPlan:
+    """New partitions and never-seen SYMBOLS entries are candidates; vanished partitions retire."""
+    candidates = [p for p in partitions if p not in cursor.onboarded]
+    candidates += [s for s in setting if s not in cursor.setting_seen and s not in candidates]
+    retired = sorted(cursor.onboarded - set(partitions))
+    return SymbolsPlan(candidates, retired)
+
+
+def history_days(now_ms: int, backfill_minutes: int, newest_stored_ms: int | None) -> tuple[date, date]:
+    """Days an onboarding backfill loads: the whole days covering BACKFILL_MINUTES, reaching back to
+    the newest candle already stored, so a re-added symbol's hole is filled too."""
+    first = utc_day(now_ms - backfill_minutes * MINUTE_MS)
+    if newest_stored_ms is not None:
+        first = min(first, utc_day(newest_stored_ms))
+    return first, utc_day(now_ms)

@@ -1,0 +1,221 @@
+"""The heartbeat schedule and the symbols sensor, evaluated against a real instance, store and
+sandbox, and their runs executed in-process exactly as the daemon would launch them."""
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tradebeat_pipeline.cli import main
+from tradebeat_pipeline.definitions import defs
+from tradebeat_pipeline.defs.automation import heartbeat, symbols_sensor
+from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
+from tradebeat_pipeline.partitions import SYMBOLS_PARTITIONS_NAME
+from tradebeat_pipeline.sandbox.server import Sandbox
+from tradebeat_pipeline.store import SQLiteStore
+from tradebeat_pipeline_tests.conftest import ms
+
+MIN = 60_000
+
+
+def beat_request(instance: dg.DagsterInstance, minute: str) -> dg.RunRequest:
+    context = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=datetime.fromisoformat(minute.replace("Z", "+00:00")).astimezone(UTC),
+        resources={"store": StoreResource()},
+    )
+    request = heartbeat(context)
+    assert isinstance(request, dg.RunRequest), request
+    return request
+
+
+def run_beat(instance: dg.DagsterInstance, sandbox: Sandbox, minute: str) -> dg.ExecuteInProcessResult:
+    """What the daemon does for one tick: the exchange clock stands 7 s after the minute closed."""
+    sandbox.clock.fixed_ms = ms(minute) + MIN + 7_000
+    request = beat_request(instance, minute)
+    job = defs.resolve_job_def("candles_job")
+    return job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False)
+
+
+def stored_times(db: Path, symbol: str = "BTC/USDT") -> list[int]:
+    with sqlite3.connect(db) as conn:
+        rows = [
+            r[0]
+            for r in conn.execute(
+                "SELECT timestamp FROM price_data JOIN symbols ON symbols.id = symbol_id "
+                "WHERE symbol = ? ORDER BY timestamp",
+                (symbol,),
+            )
+        ]
+    conn.close()
+    return rows
+
+
+@pytest.mark.parametrize("count", [1, 10, 100])
+def test_each_beat_is_exactly_one_run_over_every_symbol(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance, count: int
+) -> None:
+    symbols = [f"S{i:03d}/USDT" for i in range(count)]
+    assert main(["symbols", "add", *symbols]) == 0
+
+    result = run_beat(instance, sandbox, "2020-01-02T12:00:00Z")
+
+    assert result.success
+    assert len(instance.get_run_records()) == 1
+    for symbol in (symbols[0], symbols[-1]):
+        times = stored_times(env, symbol)
+        assert (times[0], times[-1]) == (ms("2020-01-02T00:00:00Z"), ms("2020-01-02T12:00:00Z"))
+
+
+def test_a_beat_stores_its_minute_and_nothing_after_it(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    assert run_beat(instance, sandbox, "2020-01-02T11:50:00Z").success
+    assert stored_times(env)[-1] == ms("2020-01-02T11:50:00Z")
+
+
+def test_the_beat_after_downtime_stores_every_missed_minute(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    assert run_beat(instance, sandbox, "2020-01-02T11:50:00Z").success
+    assert run_beat(instance, sandbox, "2020-01-02T12:00:00Z").success
+    times = stored_times(env)
+    assert times == list(range(ms("2020-01-02T00:00:00Z"), ms("2020-01-02T12:00:00Z") + 1, MIN))
+
+
+def test_the_2359_candle_lands_in_yesterdays_partition_and_completes_it(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
+    with sqlite3.connect(env) as conn:  # as if the 23:59 candle had not been stored yet
+        conn.execute("DELETE FROM price_data WHERE timestamp = ?", (ms("2020-01-01T23:59:00Z"),))
+    conn.close()
+
+    assert run_beat(instance, sandbox, "2020-01-01T23:59:00Z").success
+    assert run_beat(instance, sandbox, "2020-01-02T00:00:00Z").success
+
+    times = stored_times(env)
+    assert len([t for t in times if t < ms("2020-01-02T00:00:00Z")]) == 1440
+    assert times[-1] == ms("2020-01-02T00:00:00Z")
+    materialized = instance.get_materialized_partitions(dg.AssetKey("ohlcv_1m"))
+    assert {"2020-01-01|BTC/USDT", "2020-01-02|BTC/USDT"} <= materialized
+
+
+def test_one_failing_symbol_does_not_stop_the_others(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    assert main(["symbols", "add", "BTC/USDT", "ETH/USDT"]) == 0
+    sandbox.inject("http_500", count=10_000, symbol="ETHUSDT")
+
+    result = run_beat(instance, sandbox, "2020-01-02T12:00:00Z")
+
+    assert result.success
+    assert stored_times(env, "BTC/USDT")[-1] == ms("2020-01-02T12:00:00Z")
+    assert stored_times(env, "ETH/USDT") == []
+    (materialization,) = {
+        e.materialization.metadata["failed_symbols"].value for e in result.get_asset_materialization_events()
+    }
+    assert materialization == "ETH/USDT"
+
+
+def test_a_beat_where_every_symbol_fails_is_a_failed_run_that_stores_nothing(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    sandbox.inject("http_500", count=10_000)
+    assert not run_beat(instance, sandbox, "2020-01-02T12:00:00Z").success
+    assert stored_times(env) == []
+
+
+def sensor_result(instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"exchange": ExchangeResource(), "store": StoreResource()},
+    )
+    result = symbols_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def added(result: dg.SensorResult) -> list[str]:
+    return [
+        k
+        for r in result.dynamic_partitions_requests or []
+        if isinstance(r, dg.AddDynamicPartitionsRequest)
+        for k in r.partition_keys
+    ]
+
+
+def deleted(result: dg.SensorResult) -> list[str]:
+    return [
+        k
+        for r in result.dynamic_partitions_requests or []
+        if isinstance(r, dg.DeleteDynamicPartitionsRequest)
+        for k in r.partition_keys
+    ]
+
+
+def active_symbols(db: Path) -> list[tuple[str, int]]:
+    with SQLiteStore(db) as store:
+        return [(row.symbol, int(row.is_active)) for row in store.list_symbols(active=None)]
+
+
+def test_a_symbol_added_in_the_ui_is_onboarded_with_one_history_backfill_run(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["ETH/USDT"])  # what the UI does
+    result = sensor_result(instance)
+    (run,) = result.run_requests or []
+    today = datetime.now(UTC).date()
+    assert run.tags["dagster/asset_partition_range_end"] == f"{today}|ETH/USDT"
+    assert run.tags["tradebeat/kind"] == "backfill"
+    assert active_symbols(env) == [("ETH/USDT", 1)]
+
+
+def test_a_symbol_typed_in_lower_case_is_kept_in_one_upper_case_spelling(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["eth/usdt"])
+    result = sensor_result(instance)
+    assert (added(result), deleted(result)) == (["ETH/USDT"], ["eth/usdt"])
+    assert active_symbols(env) == [("ETH/USDT", 1)]
+
+
+@pytest.mark.parametrize("raw", ["XRP/USDT", "LUNA/USDT", "BTCUSDT", "BTC/USDT:USDT"])
+def test_a_symbol_the_exchange_does_not_trade_is_removed_from_the_partitions(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance, raw: str
+) -> None:
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, [raw])
+    result = sensor_result(instance)
+    assert deleted(result) == [raw]
+    assert not result.run_requests
+    assert active_symbols(env) == []
+
+
+def test_the_symbols_setting_is_registered_on_the_first_tick_only(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SYMBOLS", "btc/usdt, SOL/USDT")
+    first = sensor_result(instance)
+    assert added(first) == ["BTC/USDT", "SOL/USDT"]
+    assert len(first.run_requests or []) == 2
+    second = sensor_result(instance, cursor=first.cursor)
+    assert not second.run_requests and not added(second)
+
+
+def test_a_symbol_removed_in_the_ui_is_deactivated_and_keeps_its_candles(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
+    first = sensor_result(instance)
+    instance.delete_dynamic_partition(SYMBOLS_PARTITIONS_NAME, "BTC/USDT")
+    sensor_result(instance, cursor=first.cursor)
+    assert active_symbols(env) == [("BTC/USDT", 0)]
+    assert len(stored_times(env)) == 1440

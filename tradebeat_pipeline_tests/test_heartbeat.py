@@ -1,0 +1,97 @@
+"""The heartbeat's pure decisions: days covered, minutes fetched, waiting for the close."""
+
+import asyncio
+from datetime import date
+
+from tradebeat_pipeline.heartbeat import (
+    MAX_CATCH_UP_DAYS,
+    beat_days,
+    beat_windows,
+    wait_until_closed,
+)
+from tradebeat_pipeline.symbols import SymbolsCursor, history_days, plan_symbols
+from tradebeat_pipeline_tests.conftest import ms
+
+MIN = 60_000
+
+
+def test_a_beat_covers_only_its_own_day_in_the_middle_of_the_day() -> None:
+    assert beat_days(ms("2020-01-02T12:00:00Z"), ms("2020-01-02T11:59:00Z")) == (
+        date(2020, 1, 2),
+        date(2020, 1, 2),
+    )
+
+
+def test_the_first_beats_after_midnight_also_cover_yesterday() -> None:
+    assert beat_days(ms("2020-01-02T00:01:00Z"), ms("2020-01-02T00:00:00Z"))[0] == date(2020, 1, 1)
+    assert beat_days(ms("2020-01-01T23:59:00Z"), None) == (date(2020, 1, 1), date(2020, 1, 1))
+
+
+def test_after_downtime_a_beat_reaches_back_to_the_stalest_symbol_within_a_bound() -> None:
+    assert beat_days(ms("2020-01-05T10:00:00Z"), ms("2020-01-03T08:00:00Z"))[0] == date(2020, 1, 3)
+    first, last = beat_days(ms("2020-03-01T10:00:00Z"), ms("2020-01-01T00:00:00Z"))
+    assert (last - first).days == MAX_CATCH_UP_DAYS
+
+
+def test_a_symbol_fetches_what_it_lacks_plus_the_last_three_stored_minutes() -> None:
+    minute = ms("2020-01-02T12:00:00Z")
+    windows = beat_windows({"BTC/USDT": [date(2020, 1, 2)]}, {"BTC/USDT": minute - 10 * MIN}, minute)
+    assert windows["BTC/USDT"] == (minute - 12 * MIN, minute + MIN)
+
+
+def test_a_symbol_with_nothing_stored_fetches_its_whole_day_so_far() -> None:
+    minute = ms("2020-01-02T12:00:00Z")
+    windows = beat_windows({"BTC/USDT": [date(2020, 1, 2)]}, {"BTC/USDT": None}, minute)
+    assert windows["BTC/USDT"] == (ms("2020-01-02T00:00:00Z"), minute + MIN)
+
+
+def test_a_window_never_leaves_the_runs_days() -> None:
+    minute = ms("2020-01-02T00:01:00Z")
+    windows = beat_windows({"BTC/USDT": [date(2020, 1, 2)]}, {"BTC/USDT": ms("2019-12-01T00:00:00Z")}, minute)
+    assert windows["BTC/USDT"][0] == ms("2020-01-02T00:00:00Z")
+
+
+class FakeExchangeClock:
+    """Only a clock: the one thing these tests cannot make real."""
+
+    def __init__(self, now: float, exchange_lag_s: float) -> None:
+        self.now = now
+        self.lag = exchange_lag_s
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    async def server_time_ms(self) -> int:
+        return int((self.now - self.lag) * 1000)
+
+
+def test_a_beat_waits_for_the_buffer_after_the_close() -> None:
+    minute = ms("2020-01-02T12:00:00Z")
+    fake = FakeExchangeClock(now=minute / 1000 + 10, exchange_lag_s=0)
+    asyncio.run(wait_until_closed(fake, minute, 5.0, sleep=fake.sleep, clock=fake.clock))  # type: ignore[arg-type]
+    assert fake.now == minute / 1000 + 65
+
+
+def test_a_beat_also_waits_for_an_exchange_whose_clock_is_behind() -> None:
+    minute = ms("2020-01-02T12:00:00Z")
+    fake = FakeExchangeClock(now=minute / 1000 + 65, exchange_lag_s=8)
+    asyncio.run(wait_until_closed(fake, minute, 5.0, sleep=fake.sleep, clock=fake.clock))  # type: ignore[arg-type]
+    assert fake.now - fake.lag >= minute / 1000 + 60
+
+
+def test_symbols_new_in_partitions_or_setting_are_candidates_and_vanished_ones_retire() -> None:
+    cursor = SymbolsCursor(onboarded={"BTC/USDT", "SOL/USDT"}, setting_seen={"BTC/USDT"})
+    plan = plan_symbols(["BTC/USDT", "eth/usdt"], ["BTC/USDT", "ADA/USDT"], cursor)
+    assert plan.candidates == ["eth/usdt", "ADA/USDT"]
+    assert plan.retired == ["SOL/USDT"]
+
+
+def test_a_readded_symbol_backfills_from_its_newest_stored_candle() -> None:
+    now = ms("2020-01-10T12:00:00Z")
+    assert history_days(now, 1440, None) == (date(2020, 1, 9), date(2020, 1, 10))
+    assert history_days(now, 1440, ms("2020-01-03T05:00:00Z")) == (date(2020, 1, 3), date(2020, 1, 10))
