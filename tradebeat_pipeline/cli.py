@@ -8,10 +8,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import dagster as dg
 
@@ -28,7 +34,7 @@ from tradebeat_pipeline.defs.assets import ohlcv_1m
 from tradebeat_pipeline.defs.resources import ExchangeResource
 from tradebeat_pipeline.exchange import ExchangeFailure
 from tradebeat_pipeline.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
-from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME, Settings, SettingsError
+from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME, PROJECT_DIR, Settings, SettingsError
 from tradebeat_pipeline.store import SQLiteStore, StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
@@ -85,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--start", required=True, metavar="YYYY-MM-DD")
     backfill.add_argument("--end", required=True, metavar="YYYY-MM-DD", help="inclusive")
     backfill.set_defaults(run=backfill_command)
+
+    demo = commands.add_parser(
+        "demo", help="run everything offline: sandbox exchange (live replay) + Dagster UI and daemon"
+    )
+    demo.add_argument("--port", type=int, default=3000, help="Dagster UI port (127.0.0.1)")
+    demo.add_argument("--exchange-port", type=int, default=18081, help="sandbox exchange port")
+    demo.add_argument("--symbols", default="BTC/USDT,ETH/USDT,SOL/USDT", help="comma-separated")
+    demo.set_defaults(run=demo_command)
 
     sandbox = commands.add_parser("sandbox", help="serve the offline Binance-compatible exchange")
     sandbox.add_argument("--port", type=int, default=18081)
@@ -288,6 +302,110 @@ def sandbox_command(args: argparse.Namespace, settings: Settings) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(sandbox, "127.0.0.1", args.port))
     return EXIT_OK
+
+
+def demo_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Sandbox in live replay + `dagster dev`, with a demo database and Dagster home of their own so
+    replayed candles never mix with real ones. Ctrl-C stops both and every process they started."""
+    home = DEFAULT_DAGSTER_HOME / "demo"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DEFAULT_DAGSTER_HOME / "dagster.yaml", home / "dagster.yaml")
+    exchange_url = f"http://127.0.0.1:{args.exchange_port}"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DB_PATH": str(PROJECT_DIR / "data" / "demo.sqlite"),
+        "BINANCE_API_URL": exchange_url,
+        "BINANCE_API_KEY": "",  # never send real keys to the sandbox
+        "BINANCE_SECRET_KEY": "",
+        "SYMBOLS": args.symbols,
+        "TRADEBEAT_ENV_FILE": str(home / "no.env"),  # the project's .env is for real Binance
+    }
+    processes: list[subprocess.Popen[bytes]] = []
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # `kill` stops it as Ctrl-C does
+        signal.signal(signum, _interrupt)
+    try:
+        processes.append(
+            _start(
+                [
+                    sys.executable,
+                    "-m",
+                    "tradebeat_pipeline.cli",
+                    "sandbox",
+                    "--replay",
+                    "--port",
+                    str(args.exchange_port),
+                ],
+                env,
+                cwd=home,
+            )
+        )
+        _wait_for_port(args.exchange_port, processes[0])
+        dagster = str(Path(sys.executable).with_name("dagster"))
+        # cwd is the demo home: `dagster dev` loads a .env from its cwd, and the project's is for Binance.
+        processes.append(
+            _start(
+                [
+                    dagster,
+                    "dev",
+                    "-w",
+                    str(PROJECT_DIR / "workspace.yaml"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(args.port),
+                ],
+                env,
+                cwd=home,
+            )
+        )
+        print(
+            f"tradebeat demo: sandbox exchange {exchange_url} (live replay of recorded candles), "
+            f"symbols {args.symbols}; Dagster UI on http://127.0.0.1:{args.port} once it has "
+            "started. Ctrl-C stops everything.",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(p.poll() is None for p in processes):
+                time.sleep(0.5)
+    finally:
+        _stop(processes)
+    return EXIT_OK
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _start(argv: list[str], env: dict[str, str], cwd: Path) -> "subprocess.Popen[bytes]":
+    # A session of its own, so stopping it reaches every process it started.
+    return subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)  # noqa: S603 (our own argv)
+
+
+def _wait_for_port(port: int, process: "subprocess.Popen[bytes]", timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise Refused(f"the sandbox exchange exited (is port {port} in use? try --exchange-port)")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise Refused(f"the sandbox exchange did not listen on port {port} within {timeout_s:.0f}s")
+
+
+def _stop(processes: list["subprocess.Popen[bytes]"]) -> None:
+    """SIGINT each process group (dagster dev shuts its children down), then SIGKILL stragglers."""
+    for process in reversed(processes):
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+    for process in reversed(processes):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever is left of its group
+        process.wait()
 
 
 def _parse_instant(text: str) -> int:

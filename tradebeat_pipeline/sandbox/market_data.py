@@ -234,7 +234,8 @@ def replay_markets(anchor_ms: int, synthetic: int = 0) -> dict[str, Market]:
         ReplayedSeries(RecordedSeries.from_files(_RECORDED_2023.format(s)), anchor_ms)
         for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")
     ]
-    return _markets(*series, synthetic=synthetic)
+    btc, eth, sol = series
+    return _markets(btc, eth, sol, synthetic)
 
 
 def _markets(btc: Series, eth: Series, sol: Series, synthetic: int = 0) -> dict[str, Market]:
