@@ -23,6 +23,8 @@ from tradebeat_pipeline.partitions import (
 from tradebeat_pipeline.settings import Settings
 from tradebeat_pipeline.symbols import SymbolsCursor, history_days, plan_symbols
 
+BEAT_MAX_RUNTIME_S = 180
+
 # One step, so the in-process executor: it starts a run in about half the time of multiprocess.
 candles_job = dg.define_asset_job(
     "candles_job",
@@ -67,6 +69,9 @@ def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg
             **range_tags((first, symbols[0]), (last, symbols[-1])),
             KIND_TAG: "heartbeat",
             BEAT_MINUTE_TAG: str(minute_ms),
+            # A beat lives ~65 s; one whose worker died is cancelled by run monitoring, so it
+            # cannot hold the one-heartbeat-at-a-time slot forever.
+            "dagster/max_runtime_seconds": str(BEAT_MAX_RUNTIME_S),
         },
     )
 

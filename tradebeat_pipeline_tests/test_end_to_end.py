@@ -1,0 +1,209 @@
+"""The whole system live: a real `dagster-daemon` runs the heartbeat and the symbols sensor against the
+sandbox exchange replaying recorded candles on the wall clock. Slow by nature (it waits for real
+minutes to close), so marked `slow`; CI runs it.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import dagster as dg
+import pytest
+
+from tradebeat_pipeline.cli import main
+from tradebeat_pipeline.sandbox.market_data import DAY_MS, ReplayedSeries, replay_markets
+from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
+from tradebeat_pipeline.settings import PROJECT_DIR
+
+pytestmark = pytest.mark.slow
+
+SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+BUFFER_S = 3.0
+MIN = 60_000
+T = TypeVar("T")
+
+
+@dataclass
+class LiveSystem:
+    home: Path
+    db: Path
+    env: dict[str, str]
+    sandbox: Sandbox
+    daemon: "subprocess.Popen[bytes] | None" = None
+
+    def start_daemon(self) -> None:
+        self.daemon = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("dagster-daemon")),
+                "run",
+                "-w",
+                str(PROJECT_DIR / "workspace.yaml"),
+            ],
+            env=self.env,
+            cwd=self.home,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.home / "daemon.log").open("ab"),
+        )
+
+    def stop_daemon(self, *, everything: bool = False) -> None:
+        """SIGTERM the daemon as an operator would (a run in flight may finish); `everything` also
+        kills whatever it started, for teardown."""
+        daemon, self.daemon = self.daemon, None
+        if daemon is None:
+            return
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        finally:
+            if everything:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(daemon.pid, signal.SIGKILL)
+
+    def runs(self, kind: str, status: dg.DagsterRunStatus | None = None) -> list[dg.DagsterRun]:
+        with dg.DagsterInstance.get() as instance:
+            filters = dg.RunsFilter(
+                tags={"tradebeat/kind": kind}, statuses=[status] if status is not None else []
+            )
+            return [r.dagster_run for r in instance.get_run_records(filters=filters)]
+
+    def rows(self, symbol: str) -> dict[int, tuple[float, ...]]:
+        with sqlite3.connect(self.db) as conn:
+            found = conn.execute(
+                "SELECT timestamp, open, high, low, close, volume, ingested_at FROM price_data "
+                "JOIN symbols ON symbols.id = symbol_id WHERE symbol = ?",
+                (symbol,),
+            ).fetchall()
+        conn.close()
+        return {r[0]: tuple(r[1:]) for r in found}
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout_s: float) -> T:
+    """Poll a condition of the running system (not a sleep standing in for it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def at_least(count: int, runs: list[dg.DagsterRun]) -> list[dg.DagsterRun] | None:
+    return runs if len(runs) >= count else None
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSystem]:
+    work = tmp_path_factory.mktemp("live")
+    home = work / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_DIR / "dagster_home" / "dagster.yaml", home)
+    now = int(time.time() * 1000)
+    sandbox = Sandbox(replay_markets(now - now % DAY_MS - 30 * DAY_MS), Clock())
+    with SandboxServer(sandbox) as server:
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "DB_PATH": str(work / "live.sqlite"),
+            "BINANCE_API_URL": server.url,
+            "TRADEBEAT_ENV_FILE": str(work / "none.env"),
+            "HEARTBEAT_BUFFER_SECONDS": str(BUFFER_S),
+            "BACKFILL_MINUTES": "60",
+        }
+        env.pop("SYMBOLS", None)
+        saved = dict(os.environ)
+        os.environ.update(env)
+        system = LiveSystem(home, work / "live.sqlite", env, sandbox)
+        try:
+            assert main(["symbols", "add", *SYMBOLS]) == 0
+            system.start_daemon()
+            yield system
+        finally:
+            system.stop_daemon(everything=True)
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def final_values(sandbox: Sandbox, symbol: str, minute: int) -> tuple[float, ...] | None:
+    """The candle the replaying exchange gives for a closed minute (None in an outage)."""
+    series = sandbox.markets[symbol.replace("/", "")].series
+    assert isinstance(series, ReplayedSeries)
+    rows = series.klines(minute, minute, 1)
+    return tuple(float(str(v)) for v in rows[0][1:6]) if rows else None
+
+
+def test_every_beat_is_one_run_that_stores_each_closed_minute_with_final_values(live: LiveSystem) -> None:
+    beats = wait_for(
+        "two successful heartbeat runs",
+        lambda: at_least(2, live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS)),
+        timeout_s=300,
+    )
+    with dg.DagsterInstance.get() as instance:
+        every_beat = [
+            r.dagster_run
+            for r in instance.get_run_records(filters=dg.RunsFilter(tags={"tradebeat/kind": "heartbeat"}))
+        ]
+    minutes = [int(r.tags["tradebeat/beat_minute"]) for r in every_beat]
+    assert len(minutes) == len(set(minutes)), "a beat minute got more than one run"
+    for run in beats:
+        assert run.tags["dagster/asset_partition_range_start"].endswith("|BTC/USDT")
+        assert run.tags["dagster/asset_partition_range_end"].endswith("|SOL/USDT")
+
+    for run in beats:
+        minute = int(run.tags["tradebeat/beat_minute"])
+        for symbol in SYMBOLS:
+            stored = live.rows(symbol)
+            exchange_has = final_values(live.sandbox, symbol, minute)
+            if exchange_has is None:  # the replayed day holds a real exchange outage here
+                assert minute not in stored
+                continue
+            *values, ingested_at = stored[minute]
+            assert tuple(values) == exchange_has  # final values, not the partial ones served mid-minute
+            assert ingested_at - (minute + MIN) <= (BUFFER_S + 10) * 1000
+
+
+def test_symbols_added_get_their_history_backfilled_automatically(live: LiveSystem) -> None:
+    backfills = wait_for(
+        "three successful onboarding backfills",
+        lambda: at_least(3, live.runs("backfill", dg.DagsterRunStatus.SUCCESS)),
+        timeout_s=180,
+    )
+    assert sorted(r.tags["tradebeat/symbol"] for r in backfills) == SYMBOLS
+    for run in backfills:
+        symbol = run.tags["tradebeat/symbol"]
+        assert run.tags["dagster/asset_partition_range_start"].endswith(f"|{symbol}")
+
+
+def test_minutes_missed_while_the_daemon_was_down_are_filled_by_the_next_beat(live: LiveSystem) -> None:
+    wait_for("a first beat", lambda: live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS), timeout_s=300)
+    live.stop_daemon()
+    stopped_at = int(time.time() * 1000)
+    down_until = stopped_at - stopped_at % MIN + 3 * MIN  # three minute boundaries pass while down
+    time.sleep(max(0.0, down_until / 1000 - time.time()))  # the downtime itself is the scenario
+    live.start_daemon()
+
+    restarted = down_until - MIN
+    wait_for(
+        "a beat after the restart",
+        lambda: [
+            r
+            for r in live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS)
+            if int(r.tags["tradebeat/beat_minute"]) >= down_until
+        ],
+        timeout_s=300,
+    )
+    for symbol in SYMBOLS:
+        stored = set(live.rows(symbol))
+        series = live.sandbox.markets[symbol.replace("/", "")].series
+        expected = {int(str(r[0])) for r in series.klines(stopped_at - 5 * MIN, restarted, 1000)}
+        assert expected - stored == set(), f"{symbol}: minutes missed during downtime not filled"
