@@ -16,7 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -126,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def instance() -> dg.DagsterInstance:
-    """The Dagster instance in DAGSTER_HOME (the project's dagster_home/ unless set)."""
+    """The Dagster instance in DAGSTER_HOME (the project's dagster_home/ unless set); use it in a
+    `with` block so it is closed (an instance left open lingers in Dagster's process-wide state)."""
     if not os.environ.get("DAGSTER_HOME"):
         DEFAULT_DAGSTER_HOME.mkdir(parents=True, exist_ok=True)
         os.environ["DAGSTER_HOME"] = str(DEFAULT_DAGSTER_HOME)
@@ -153,9 +154,9 @@ def symbols_add(args: argparse.Namespace, settings: Settings) -> int:
     with SQLiteStore(settings.db_path) as store:
         for symbol in symbols:
             store.register_symbol(symbol)
-    dagster = instance()
-    known = set(dagster.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
-    dagster.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, [s for s in symbols if s not in known])
+    with instance() as dagster:
+        known = set(dagster.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+        dagster.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, [s for s in symbols if s not in known])
     for symbol in symbols:
         print(f"added {symbol}")
     return EXIT_OK
@@ -184,9 +185,9 @@ def symbols_remove(args: argparse.Namespace, settings: Settings) -> int:
         if symbol not in {r.symbol for r in store.list_symbols(active=True)}:
             raise Refused(f"{symbol} is not an active symbol; nothing was changed")
         store.deactivate_symbol(symbol)
-    dagster = instance()
-    if dagster.has_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol):
-        dagster.delete_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol)
+    with instance() as dagster:
+        if dagster.has_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol):
+            dagster.delete_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol)
     print(f"removed {symbol} (its candles are kept)")
     return EXIT_OK
 
@@ -197,9 +198,9 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     with SQLiteStore(settings.db_path) as store:
         if symbol not in {r.symbol for r in store.list_symbols(active=True)}:
             raise Refused(f"{symbol} is not registered; run `tradebeat symbols add {symbol}` first")
-    dagster = instance()
-    if not dagster.has_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol):
-        raise Refused(f"{symbol} has no Dagster partition; run `tradebeat symbols add {symbol}`")
+    with instance() as dagster:
+        if not dagster.has_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol):
+            raise Refused(f"{symbol} has no Dagster partition; run `tradebeat symbols add {symbol}`")
 
     first_ms = asyncio.run(_first_candle(symbol))
     if first_ms is None:
@@ -215,10 +216,11 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     if start < first_day:
         print(
             f"{symbol}: the exchange's first candle is {iso_utc(first_ms)}; "
-            f"skipping {start}..{first_day.fromordinal(first_day.toordinal() - 1)}"
+            f"skipping {start}..{first_day - timedelta(days=1)}"
         )
         start = first_day
-    return run_backfill(dagster, symbol, start, end)
+    with instance() as dagster:
+        return run_backfill(dagster, symbol, start, end)
 
 
 def run_backfill(dagster: dg.DagsterInstance, symbol: str, start: date, end: date) -> int:
@@ -333,6 +335,8 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
                     "tradebeat_pipeline.cli",
                     "sandbox",
                     "--replay",
+                    "--synthetic-markets",
+                    "20",  # S000/USDT..S019/USDT, for adding symbols from the UI
                     "--port",
                     str(args.exchange_port),
                 ],

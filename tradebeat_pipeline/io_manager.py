@@ -35,6 +35,7 @@ class CandleIOManager(dg.ConfigurableIOManager):
         batches = split_by_symbol(obj, requested)
         with SQLiteStore(resolve_db_path(self.db_path)) as store:
             results = store.upsert_candles(batches)
+            committed_ms = int(time.time() * 1000)
             missing = {
                 symbol: expected_minutes(days)
                 - sum(
@@ -43,7 +44,6 @@ class CandleIOManager(dg.ConfigurableIOManager):
                 )
                 for symbol, days in requested.items()
             }
-        committed_ms = int(time.time() * 1000)
         total = sum(results.values(), UpsertResult())
         metadata: dict[str, dg.RawMetadataValue] = {
             "rows": len(obj),

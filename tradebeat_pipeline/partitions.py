@@ -57,4 +57,4 @@ def range_tags(first: tuple[date, str], last: tuple[date, str]) -> dict[str, str
 # Run tags tradebeat sets and reads.
 KIND_TAG = "tradebeat/kind"  # "heartbeat" or "backfill"
 BEAT_MINUTE_TAG = "tradebeat/beat_minute"  # epoch ms of the minute a heartbeat stores
-SYMBOL_TAG = "tradebeat/symbol"  # the symbol an automatic backfill onboards
+ONBOARD_TAG = "tradebeat/onboard"  # the symbols an automatic history backfill onboards

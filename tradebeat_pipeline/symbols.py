@@ -48,3 +48,29 @@ def history_days(now_ms: int, backfill_minutes: int, newest_stored_ms: int | Non
     if newest_stored_ms is not None:
         first = min(first, utc_day(newest_stored_ms))
     return first, utc_day(now_ms)
+
+
+@dataclass(frozen=True)
+class OnboardingRun:
+    symbols: list[str]
+    first_day: date
+    last_day: date
+
+
+def onboarding_runs(order: list[str], history: dict[str, tuple[date, date]]) -> list[OnboardingRun]:
+    """Group symbols to onboard into as few runs as possible: a run's partition range is a rectangle
+    (days × symbols adjacent in partition order), so a group shares its days and has no other
+    symbol between its members. 100 symbols added together become ONE backfill run."""
+    runs: list[OnboardingRun] = []
+    open_group = False
+    for symbol in order:
+        days = history.get(symbol)
+        if days is None:
+            open_group = False  # an already onboarded symbol sits here: a range must not cover it
+            continue
+        if open_group and (runs[-1].first_day, runs[-1].last_day) == days:
+            runs[-1].symbols.append(symbol)
+        else:
+            runs.append(OnboardingRun([symbol], *days))
+            open_group = True
+    return runs

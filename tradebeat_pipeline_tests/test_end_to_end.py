@@ -172,16 +172,17 @@ def test_every_beat_is_one_run_that_stores_each_closed_minute_with_final_values(
             assert ingested_at - (minute + MIN) <= (BUFFER_S + 10) * 1000
 
 
-def test_symbols_added_get_their_history_backfilled_automatically(live: LiveSystem) -> None:
-    backfills = wait_for(
-        "three successful onboarding backfills",
-        lambda: at_least(3, live.runs("backfill", dg.DagsterRunStatus.SUCCESS)),
+def test_symbols_added_together_get_their_history_in_one_automatic_backfill_run(live: LiveSystem) -> None:
+    (run,) = wait_for(
+        "the onboarding backfill",
+        lambda: live.runs("backfill", dg.DagsterRunStatus.SUCCESS),
         timeout_s=180,
     )
-    assert sorted(r.tags["tradebeat/symbol"] for r in backfills) == SYMBOLS
-    for run in backfills:
-        symbol = run.tags["tradebeat/symbol"]
-        assert run.tags["dagster/asset_partition_range_start"].endswith(f"|{symbol}")
+    assert run.tags["dagster/asset_partition_range_start"].endswith("|BTC/USDT")
+    assert run.tags["dagster/asset_partition_range_end"].endswith("|SOL/USDT")
+    history_start = int(time.time() * 1000) - 60 * MIN  # BACKFILL_MINUTES=60 in this system
+    for symbol in SYMBOLS:
+        assert any(t < history_start for t in live.rows(symbol)), f"{symbol} got no history"
 
 
 def test_minutes_missed_while_the_daemon_was_down_are_filled_by_the_next_beat(live: LiveSystem) -> None:

@@ -9,7 +9,6 @@ from tradebeat_pipeline.heartbeat import (
     beat_windows,
     wait_until_closed,
 )
-from tradebeat_pipeline.symbols import SymbolsCursor, history_days, plan_symbols
 from tradebeat_pipeline_tests.conftest import ms
 
 MIN = 60_000
@@ -82,16 +81,3 @@ def test_a_beat_also_waits_for_an_exchange_whose_clock_is_behind() -> None:
     fake = FakeExchangeClock(now=minute / 1000 + 65, exchange_lag_s=8)
     asyncio.run(wait_until_closed(fake, minute, 5.0, sleep=fake.sleep, clock=fake.clock))  # type: ignore[arg-type]
     assert fake.now - fake.lag >= minute / 1000 + 60
-
-
-def test_symbols_new_in_partitions_or_setting_are_candidates_and_vanished_ones_retire() -> None:
-    cursor = SymbolsCursor(onboarded={"BTC/USDT", "SOL/USDT"}, setting_seen={"BTC/USDT"})
-    plan = plan_symbols(["BTC/USDT", "eth/usdt"], ["BTC/USDT", "ADA/USDT"], cursor)
-    assert plan.candidates == ["eth/usdt", "ADA/USDT"]
-    assert plan.retired == ["SOL/USDT"]
-
-
-def test_a_readded_symbol_backfills_from_its_newest_stored_candle() -> None:
-    now = ms("2020-01-10T12:00:00Z")
-    assert history_days(now, 1440, None) == (date(2020, 1, 9), date(2020, 1, 10))
-    assert history_days(now, 1440, ms("2020-01-03T05:00:00Z")) == (date(2020, 1, 3), date(2020, 1, 10))

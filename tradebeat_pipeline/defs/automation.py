@@ -2,7 +2,7 @@
 
 import asyncio
 import time
-from datetime import UTC
+from datetime import UTC, date
 
 import dagster as dg
 
@@ -14,14 +14,14 @@ from tradebeat_pipeline.heartbeat import beat_days
 from tradebeat_pipeline.partitions import (
     BEAT_MINUTE_TAG,
     KIND_TAG,
-    SYMBOL_TAG,
+    ONBOARD_TAG,
     SYMBOLS_PARTITIONS_NAME,
     candle_partitions,
     range_tags,
     symbols_partitions,
 )
 from tradebeat_pipeline.settings import Settings
-from tradebeat_pipeline.symbols import SymbolsCursor, history_days, plan_symbols
+from tradebeat_pipeline.symbols import SymbolsCursor, history_days, onboarding_runs, plan_symbols
 
 BEAT_MAX_RUNTIME_S = 180
 
@@ -69,6 +69,8 @@ def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg
             **range_tags((first, symbols[0]), (last, symbols[-1])),
             KIND_TAG: "heartbeat",
             BEAT_MINUTE_TAG: str(minute_ms),
+            # Dequeued before any waiting backfill: fresh candles first, history after.
+            "dagster/priority": "10",
             # A beat lives ~65 s; one whose worker died is cancelled by run monitoring, so it
             # cannot hold the one-heartbeat-at-a-time slot forever.
             "dagster/max_runtime_seconds": str(BEAT_MAX_RUNTIME_S),
@@ -90,6 +92,8 @@ def symbols_sensor(
     add: list[str] = []
     delete: list[str] = []
     runs: list[dg.RunRequest] = []
+    history: dict[str, tuple[date, date]] = {}
+    now_ms = int(time.time() * 1000)
 
     verdicts = asyncio.run(_validate(exchange, plan.candidates)) if plan.candidates else {}
     for raw in plan.candidates:
@@ -109,20 +113,24 @@ def symbols_sensor(
             newest = candles.newest_candles([symbol])[symbol]
         if symbol not in partitions and symbol not in add:
             add.append(symbol)
-        now_ms = int(time.time() * 1000)
-        first, last = history_days(now_ms, settings.backfill_minutes, newest)
+        history[symbol] = history_days(now_ms, settings.backfill_minutes, newest)
+        cursor.onboarded.add(symbol)
+
+    order = [p for p in partitions if p not in delete] + add  # partition order once requests apply
+    for group in onboarding_runs(order, history):
+        first, last = group.symbols[0], group.symbols[-1]
+        span = first if first == last else f"{first}..{last} ({len(group.symbols)} symbols)"
         runs.append(
             dg.RunRequest(
-                run_key=f"onboard-{symbol}-{now_ms}",
+                run_key=f"onboard-{first}-{last}-{now_ms}",
                 tags={
-                    **range_tags((first, symbol), (last, symbol)),
+                    **range_tags((group.first_day, first), (group.last_day, last)),
                     KIND_TAG: "backfill",
-                    SYMBOL_TAG: symbol,
+                    ONBOARD_TAG: span,
                 },
             )
         )
-        cursor.onboarded.add(symbol)
-        context.log.info(f"onboarded {symbol}: backfilling {first}..{last} as one run")
+        context.log.info(f"onboarded {span}: backfilling {group.first_day}..{group.last_day} as one run")
 
     for symbol in plan.retired:
         with store.open() as candles:

@@ -199,7 +199,9 @@ class Sandbox:
 
     def _ticker(self, market: Market) -> dict[str, Any]:
         now = self.clock.now_ms()
-        rows = market.series.klines(now - DAY_MS, now, 1440)
+        rows = market.series.klines(
+            now - DAY_MS + MINUTE_MS, now, 1440
+        )  # the last 24 h, open minute included
         if rows and int(str(rows[-1][0])) + MINUTE_MS > now:
             rows[-1] = partial_kline(rows[-1], now)
         first_open = float(str(rows[0][1])) if rows else 0.0

@@ -178,6 +178,23 @@ def test_a_symbol_added_in_the_ui_is_onboarded_with_one_history_backfill_run(
     assert active_symbols(env) == [("ETH/USDT", 1)]
 
 
+def test_a_hundred_symbols_added_at_once_are_onboarded_by_one_backfill_run(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    symbols = [f"S{i:03d}/USDT" for i in range(100)]
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, symbols)
+    (run,) = sensor_result(instance).run_requests or []
+    assert run.tags["dagster/asset_partition_range_start"].endswith("|S000/USDT")
+    assert run.tags["dagster/asset_partition_range_end"].endswith("|S099/USDT")
+
+
+def test_a_beat_is_dequeued_before_waiting_backfills(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    assert int(beat_request(instance, "2020-01-02T12:00:00Z").tags["dagster/priority"]) > 0
+
+
 def test_a_symbol_typed_in_lower_case_is_kept_in_one_upper_case_spelling(
     env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
 ) -> None:
@@ -204,7 +221,9 @@ def test_the_symbols_setting_is_registered_on_the_first_tick_only(
     monkeypatch.setenv("SYMBOLS", "btc/usdt, SOL/USDT")
     first = sensor_result(instance)
     assert added(first) == ["BTC/USDT", "SOL/USDT"]
-    assert len(first.run_requests or []) == 2
+    (run,) = first.run_requests or []
+    assert run.tags["dagster/asset_partition_range_start"].endswith("|BTC/USDT")
+    assert run.tags["dagster/asset_partition_range_end"].endswith("|SOL/USDT")
     second = sensor_result(instance, cursor=first.cursor)
     assert not second.run_requests and not added(second)
 

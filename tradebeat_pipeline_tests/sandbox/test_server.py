@@ -1,10 +1,12 @@
 """The sandbox exchange speaks Binance's REST dialect, byte for byte where ccxt cares."""
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
 from typing import Any
 
+import ccxt.async_support as ccxt
 import pytest
 
 from tradebeat_pipeline.sandbox.market_data import (
@@ -82,3 +84,23 @@ def test_request_weight_over_the_limit_is_answered_429_with_retry_after(
         urllib.request.urlopen(sandbox_server.url + "/api/v3/ping", timeout=10)
     assert error.value.code == 429
     assert int(error.value.headers["Retry-After"]) >= 1
+
+
+def test_ccxt_reads_24h_tickers_from_the_sandbox(sandbox: Sandbox, sandbox_server: SandboxServer) -> None:
+    sandbox.clock.fixed_ms = ms("2020-01-02T00:00:00Z")
+
+    async def tickers() -> dict[str, Any]:
+        exchange = ccxt.binance({"options": {"fetchMarkets": {"types": ["spot"]}}})
+        exchange.urls["api"] = {
+            k: v.replace("https://api.binance.com", sandbox_server.url)
+            for k, v in exchange.urls["api"].items()
+        }
+        try:
+            return dict(await exchange.fetch_tickers(["BTC/USDT", "ETH/USDT"]))
+        finally:
+            await exchange.close()
+
+    result = asyncio.run(tickers())
+    # At 00:00:00.000 the new minute has just opened: its price so far is its open.
+    assert result["BTC/USDT"]["last"] == float(archive_rows("BTCUSDT-1m-vision.csv.gz")[1440][1])
+    assert set(result) == {"BTC/USDT", "ETH/USDT"}

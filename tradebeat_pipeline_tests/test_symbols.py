@@ -1,0 +1,37 @@
+"""Symbol lifecycle decisions: what the sensor validates, retires, and how much history it loads."""
+
+from datetime import date
+
+from tradebeat_pipeline.symbols import SymbolsCursor, history_days, onboarding_runs, plan_symbols
+from tradebeat_pipeline_tests.conftest import ms
+
+
+def test_symbols_new_in_partitions_or_setting_are_candidates_and_vanished_ones_retire() -> None:
+    cursor = SymbolsCursor(onboarded={"BTC/USDT", "SOL/USDT"}, setting_seen={"BTC/USDT"})
+    plan = plan_symbols(["BTC/USDT", "eth/usdt"], ["BTC/USDT", "ADA/USDT"], cursor)
+    assert plan.candidates == ["eth/usdt", "ADA/USDT"]
+    assert plan.retired == ["SOL/USDT"]
+
+
+def test_a_readded_symbol_backfills_from_its_newest_stored_candle() -> None:
+    now = ms("2020-01-10T12:00:00Z")
+    assert history_days(now, 1440, None) == (date(2020, 1, 9), date(2020, 1, 10))
+    assert history_days(now, 1440, ms("2020-01-03T05:00:00Z")) == (date(2020, 1, 3), date(2020, 1, 10))
+
+
+def test_the_cursor_survives_a_round_trip() -> None:
+    cursor = SymbolsCursor(onboarded={"BTC/USDT"}, setting_seen={"ETH/USDT"})
+    assert SymbolsCursor.load(cursor.dump()) == cursor
+
+
+def test_symbols_onboarded_together_share_one_run_unless_their_days_or_neighbours_differ() -> None:
+    day = (date(2020, 1, 9), date(2020, 1, 10))
+    older = (date(2020, 1, 3), date(2020, 1, 10))
+    order = ["A/USDT", "B/USDT", "OLD/USDT", "C/USDT", "D/USDT", "E/USDT"]
+    history = {"A/USDT": day, "B/USDT": day, "C/USDT": day, "D/USDT": older, "E/USDT": older}
+    runs = onboarding_runs(order, history)
+    assert [(r.symbols, r.first_day) for r in runs] == [
+        (["A/USDT", "B/USDT"], date(2020, 1, 9)),  # OLD/USDT between them must not be re-fetched
+        (["C/USDT"], date(2020, 1, 9)),
+        (["D/USDT", "E/USDT"], date(2020, 1, 3)),
+    ]
