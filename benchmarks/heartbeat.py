@@ -117,7 +117,7 @@ def main() -> None:
             daemon.wait(timeout=120)
         os.killpg(sandbox.pid, signal.SIGTERM)
         sandbox.wait()
-    report(work / "hb.sqlite", last_beat, cpu_s, args.buffer)
+    report(work / "hb.sqlite", first_beat, last_beat, cpu_s, args.buffer)
 
 
 def beats_done(last_beat: int) -> bool:
@@ -141,7 +141,7 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def report(db: Path, last_beat: int, cpu_s: float, buffer_s: float) -> None:
+def report(db: Path, first_beat: int, last_beat: int, cpu_s: float, buffer_s: float) -> None:
     with dg.DagsterInstance.get() as instance:
         runs = [
             r.dagster_run
