@@ -188,6 +188,11 @@ def missing_minutes(timestamps: Sequence[int] | np.ndarray, start_ms: int, end_m
     return int(expected - present)
 
 
+def utc_day(ms: int) -> date:
+    """The UTC day an epoch-ms instant falls on."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).date()
+
+
 def iso_utc(ms: int) -> str:
     """Epoch ms as `2026-01-02T03:04:05Z`."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

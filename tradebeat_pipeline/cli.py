@@ -28,6 +28,7 @@ from tradebeat_pipeline.candles import (
     iso_utc,
     normalize_symbol,
     parse_day,
+    utc_day,
 )
 from tradebeat_pipeline.definitions import resources
 from tradebeat_pipeline.defs.assets import ohlcv_1m
@@ -182,7 +183,7 @@ def symbols_list(args: argparse.Namespace, settings: Settings) -> int:
 def symbols_remove(args: argparse.Namespace, settings: Settings) -> int:
     symbol = normalize_symbol(args.symbol)
     with SQLiteStore(settings.db_path) as store:
-        if symbol not in {r.symbol for r in store.list_symbols(active=True)}:
+        if symbol not in store.active_symbols():
             raise Refused(f"{symbol} is not an active symbol; nothing was changed")
         store.deactivate_symbol(symbol)
     with instance() as dagster:
@@ -196,30 +197,28 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     symbol = normalize_symbol(args.symbol)
     start, end = _day_range(args.start, args.end)
     with SQLiteStore(settings.db_path) as store:
-        if symbol not in {r.symbol for r in store.list_symbols(active=True)}:
+        if symbol not in store.active_symbols():
             raise Refused(f"{symbol} is not registered; run `tradebeat symbols add {symbol}` first")
     with instance() as dagster:
         if not dagster.has_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol):
             raise Refused(f"{symbol} has no Dagster partition; run `tradebeat symbols add {symbol}`")
-
-    first_ms = asyncio.run(_first_candle(symbol))
-    if first_ms is None:
-        print(f"{symbol}: the exchange has no candles at all; nothing to backfill")
-        return EXIT_OK
-    first_day = datetime.fromtimestamp(first_ms / 1000, tz=UTC).date()
-    if end < first_day:
-        print(
-            f"{symbol}: the exchange's first candle is {iso_utc(first_ms)}; "
-            f"{start}..{end} lies before it, nothing to backfill"
-        )
-        return EXIT_OK
-    if start < first_day:
-        print(
-            f"{symbol}: the exchange's first candle is {iso_utc(first_ms)}; "
-            f"skipping {start}..{first_day - timedelta(days=1)}"
-        )
-        start = first_day
-    with instance() as dagster:
+        first_ms = asyncio.run(_first_candle(symbol))
+        if first_ms is None:
+            print(f"{symbol}: the exchange has no candles at all; nothing to backfill")
+            return EXIT_OK
+        first_day = utc_day(first_ms)
+        if end < first_day:
+            print(
+                f"{symbol}: the exchange's first candle is {iso_utc(first_ms)}; "
+                f"{start}..{end} lies before it, nothing to backfill"
+            )
+            return EXIT_OK
+        if start < first_day:
+            print(
+                f"{symbol}: the exchange's first candle is {iso_utc(first_ms)}; "
+                f"skipping {start}..{first_day - timedelta(days=1)}"
+            )
+            start = first_day
         return run_backfill(dagster, symbol, start, end)
 
 

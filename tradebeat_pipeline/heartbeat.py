@@ -7,9 +7,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
-from tradebeat_pipeline.candles import MINUTE_MS, day_window
+from tradebeat_pipeline.candles import MINUTE_MS, day_window, utc_day
 from tradebeat_pipeline.exchange import Exchange, FetchResult, gather_or_cancel
 
 log = logging.getLogger("tradebeat.heartbeat")
@@ -20,10 +20,6 @@ REFETCH_MINUTES = 3
 MAX_CATCH_UP_DAYS = 7
 # How long a beat waits past the buffer for an exchange whose clock is behind ours.
 MAX_EXCHANGE_LAG_S = 30.0
-
-
-def utc_day(ms: int) -> date:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).date()
 
 
 def beat_days(minute_ms: int, oldest_newest_ms: int | None) -> tuple[date, date]:

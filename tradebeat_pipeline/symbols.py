@@ -5,8 +5,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import date
 
-from tradebeat_pipeline.candles import MINUTE_MS
-from tradebeat_pipeline.heartbeat import utc_day
+from tradebeat_pipeline.candles import MINUTE_MS, utc_day
 
 
 @dataclass

@@ -32,8 +32,8 @@ def ohlcv_1m(
     """
     requested = days_by_symbol(context.partition_keys)
     with store.open() as candles:
-        active = {row.symbol for row in candles.list_symbols(active=True)}
-    unregistered = sorted(set(requested) - active)
+        unregistered = sorted(set(requested) - candles.active_symbols())
+        newest = candles.newest_candles([s for s in requested if s not in unregistered])
     beat_minute = context.run.tags.get(BEAT_MINUTE_TAG)
     if unregistered and beat_minute is None:
         raise dg.Failure(
@@ -45,7 +45,7 @@ def ohlcv_1m(
         del requested[symbol]
     if beat_minute is None:
         return asyncio.run(_backfill(context, exchange, requested))
-    return asyncio.run(_heartbeat(context, exchange, store, requested, int(beat_minute)))
+    return asyncio.run(_heartbeat(context, exchange, requested, newest, int(beat_minute)))
 
 
 async def _backfill(
@@ -65,12 +65,10 @@ async def _backfill(
 async def _heartbeat(
     context: dg.AssetExecutionContext,
     exchange: ExchangeResource,
-    store: StoreResource,
     requested: dict[str, list[date]],
+    newest: dict[str, int | None],
     minute_ms: int,
 ) -> pd.DataFrame:
-    with store.open() as candles:
-        newest = candles.newest_candles(list(requested))
     if not requested:
         raise dg.Failure("no registered symbol in this beat's range")
     windows = beat_windows(requested, newest, minute_ms)
