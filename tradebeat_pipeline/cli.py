@@ -1,30 +1,37 @@
-"""`tradebeat`: manage symbols, backfill history as one Dagster run, serve the sandbox exchange.
+"""`tradebeat`: manage symbols, backfill history as one Dagster run, account for gaps, serve the
+sandbox exchange.
 
-Exit codes: 0 done, 1 the work failed (exchange, store or run), 2 the input was refused.
+Exit codes: 0 done, 1 the work failed (exchange, store or run; `gaps`: unexplained holes remain),
+2 the input was refused.
 """
 
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any, TextIO
 
 import dagster as dg
 
+from tradebeat_pipeline import health
 from tradebeat_pipeline.candles import (
     DAY_MS,
     EXCHANGE_EPOCH,
+    MINUTE_MS,
     SymbolError,
+    day_window,
     iso_utc,
     normalize_symbol,
     parse_day,
@@ -32,13 +39,16 @@ from tradebeat_pipeline.candles import (
 )
 from tradebeat_pipeline.definitions import resources
 from tradebeat_pipeline.defs.assets import ohlcv_1m
+from tradebeat_pipeline.defs.checks import GAPS_EXPLAINED, OHLC_VALID
 from tradebeat_pipeline.defs.resources import ExchangeResource
 from tradebeat_pipeline.exchange import ExchangeFailure
-from tradebeat_pipeline.partitions import SYMBOLS_PARTITIONS_NAME, range_tags
+from tradebeat_pipeline.partitions import BEAT_MINUTE_TAG, KIND_TAG, SYMBOLS_PARTITIONS_NAME, range_tags
+from tradebeat_pipeline.quality import UNEXPLAINED, GapReport
 from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME, PROJECT_DIR, Settings, SettingsError
-from tradebeat_pipeline.store import SQLiteStore, StoreError
+from tradebeat_pipeline.store import SQLiteStore, StoreError, UnknownSymbol
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+log = logging.getLogger("tradebeat.cli")
 
 
 class Refused(Exception):
@@ -47,28 +57,37 @@ class Refused(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        words = list(sys.argv[1:] if argv is None else argv)
+        if exc.code not in (0, None) and words[:1] == ["status"]:
+            return int(health.Health.UNKNOWN)  # a monitor must never read a usage error as "down"
+        raise
     if not hasattr(args, "run"):
         parser.print_help()
         return EXIT_REFUSED
+    # For `status`, anything that stops the check itself means "cannot tell", never "down".
+    unknown = int(health.Health.UNKNOWN) if args.run is status_command else None
     try:
         settings = Settings.load()
-        _configure_logging(settings.log_level)
+        _configure_logging(settings)
+        log.info("tradebeat %s", " ".join(argv if argv is not None else sys.argv[1:]))
         return int(args.run(args, settings))
     except (Refused, SymbolError, SettingsError) as exc:
         print(f"tradebeat: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return unknown or EXIT_REFUSED
     except (ExchangeFailure, StoreError) as exc:
         print(f"tradebeat: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return unknown or EXIT_FAILED
 
 
-def _configure_logging(level: str) -> None:
-    """tradebeat's own loggers at LOG_LEVEL; libraries only when they warn."""
+def _configure_logging(settings: Settings) -> None:
+    """tradebeat's loggers at LOG_LEVEL to logs/<component>.log, warnings also to the console."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("tradebeat").setLevel(level)
-    # The single-run backfill policy is marked beta; it is the documented way to run a range.
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)  # the console gets problems; the files get everything
+    settings.install_logs()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,8 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     add = symbol_commands.add_parser("add", help="register symbols (validated against the exchange)")
     add.add_argument("symbols", nargs="+", metavar="SYMBOL", help="e.g. BTC/USDT")
     add.set_defaults(run=symbols_add)
-    listing = symbol_commands.add_parser("list", help="list registered symbols")
-    listing.add_argument("--all", action="store_true", help="include inactive symbols")
+    listing = symbol_commands.add_parser("list", help="list symbols (active ones unless told otherwise)")
+    which = listing.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="active and inactive symbols")
+    which.add_argument("--inactive", action="store_true", help="only removed (inactive) symbols")
+    listing.add_argument("--json", action="store_true", help="one JSON array on one line")
     listing.set_defaults(run=symbols_list)
     remove = symbol_commands.add_parser("remove", help="stop tracking a symbol (its data is kept)")
     remove.add_argument("symbol", metavar="SYMBOL")
@@ -92,6 +114,25 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--start", required=True, metavar="YYYY-MM-DD")
     backfill.add_argument("--end", required=True, metavar="YYYY-MM-DD", help="inclusive")
     backfill.set_defaults(run=backfill_command)
+
+    status = commands.add_parser(
+        "status",
+        help="health check: exit 0 healthy, 1 degraded, 2 down, 3 cannot tell",
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object on one line")
+    status.set_defaults(run=status_command)
+
+    gaps = commands.add_parser(
+        "gaps", help="account for every minute of a range: stored, or a hole and why it is there"
+    )
+    gaps.add_argument("symbol", metavar="SYMBOL")
+    gaps.add_argument("--start", required=True, metavar="YYYY-MM-DD")
+    gaps.add_argument("--end", required=True, metavar="YYYY-MM-DD", help="inclusive")
+    gaps.add_argument("--json", action="store_true", help="one JSON object on one line")
+    gaps.add_argument(
+        "--repair", action="store_true", help="refetch the days with unexplained holes as ONE run first"
+    )
+    gaps.set_defaults(run=gaps_command)
 
     demo = commands.add_parser(
         "demo", help="run everything offline: sandbox exchange (live replay) + Dagster UI and daemon"
@@ -164,8 +205,27 @@ def symbols_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def symbols_list(args: argparse.Namespace, settings: Settings) -> int:
+    active = None if args.all else not args.inactive
     with SQLiteStore(settings.db_path) as store:
-        rows = store.list_symbols(active=None if args.all else True)
+        rows = store.list_symbols(active=active)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "symbol": r.symbol,
+                        "active": r.is_active,
+                        "registered": r.created_at,
+                        "first_candle": None if r.first_candle is None else iso_utc(r.first_candle),
+                        "last_candle": None if r.last_candle is None else iso_utc(r.last_candle),
+                        "candles": r.candles,
+                    }
+                    for r in rows
+                ],
+                separators=(",", ":"),
+            )
+        )
+        return EXIT_OK
     print(
         f"{'symbol':<14} {'active':<6} {'registered':<20} {'first candle':<20} "
         f"{'last candle':<20} {'candles':>9}"
@@ -178,6 +238,73 @@ def symbols_list(args: argparse.Namespace, settings: Settings) -> int:
             f"{last:<20} {r.candles:>9}"
         )
     return EXIT_OK
+
+
+def status_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Health as a monitoring plugin reports it; any doubt is UNKNOWN (3), never HEALTHY."""
+    now_s = health.clock()
+    now_ms = int(now_s * 1000)
+    if not settings.db_path.exists():
+        print(f"tradebeat: UNKNOWN: DB_PATH {settings.db_path} does not exist", file=sys.stderr)
+        return int(health.Health.UNKNOWN)
+    try:
+        with SQLiteStore(settings.db_path) as store:
+            symbols = [health.symbol_health(store, s, now_ms) for s in sorted(store.active_symbols())]
+        with instance() as dagster:
+            beats = [
+                health.BeatRun(
+                    status=r.dagster_run.status.value,
+                    created_s=r.create_timestamp.timestamp(),
+                    minute=_beat_minute(r.dagster_run.tags.get(BEAT_MINUTE_TAG)),
+                )
+                for r in dagster.get_run_records(
+                    filters=dg.RunsFilter(tags={KIND_TAG: "heartbeat"}), limit=10
+                )
+            ]
+            heartbeats = [h.timestamp for h in dagster.get_daemon_heartbeats().values()]
+    except (StoreError, sqlite3.Error, dg.DagsterError) as exc:
+        print(f"tradebeat: UNKNOWN: {exc}", file=sys.stderr)
+        return int(health.Health.UNKNOWN)
+    report = health.judge(
+        symbols,
+        now_s=now_s,
+        freshness_minutes=settings.freshness_minutes,
+        daemon_heartbeat_s=max(heartbeats, default=None),
+        beats=beats,
+    )
+    if args.json:
+        print(json.dumps(report.as_json(), separators=(",", ":")))
+    else:
+        _print_status(report)
+    return int(report.health)
+
+
+def _beat_minute(tag: str | None) -> str | None:
+    return iso_utc(int(tag)) if tag is not None and tag.isdigit() else None
+
+
+def _print_status(report: health.Report) -> None:
+    print(f"tradebeat {report.health.name} at {report.now}" + "".join(f"\n  - {r}" for r in report.reasons))
+    daemon = (
+        "no heartbeat"
+        if report.daemon_heartbeat_age_s is None
+        else f"last heartbeat {report.daemon_heartbeat_age_s:.0f}s ago"
+    )
+    beat = report.last_beat
+    last = "none" if beat is None else f"{beat.status} for minute {beat.minute or '-'}"
+    print(f"daemon: {daemon}; last beat: {last}")
+    print(
+        f"{'symbol':<14} {'newest candle':<21} {'complete through':<21} {'lag min':>7} "
+        f"{'today':>6} {'unexplained 24h':>15}"
+    )
+    for s in report.symbols:
+        lag = "-" if s.lag_minutes is None else f"{s.lag_minutes}{'*' if s.lag_explained else ''}"
+        print(
+            f"{s.symbol:<14} {s.newest_candle or '-':<21} {s.complete_through or '-':<21} {lag:>7} "
+            f"{s.candles_today:>6} {s.unexplained_minutes_24h:>15}"
+        )
+    if any(s.lag_explained for s in report.symbols):
+        print("* the exchange itself has no candles for the lagging minutes")
 
 
 def symbols_remove(args: argparse.Namespace, settings: Settings) -> int:
@@ -222,10 +349,13 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
         return run_backfill(dagster, symbol, start, end)
 
 
-def run_backfill(dagster: dg.DagsterInstance, symbol: str, start: date, end: date) -> int:
+def run_backfill(
+    dagster: dg.DagsterInstance, symbol: str, start: date, end: date, *, out: TextIO | None = None
+) -> int:
     """Materialize days start..end of one symbol as ONE run recorded in the instance."""
+    out = out or sys.stdout
     days = (end - start).days + 1
-    print(f"{symbol}: backfilling {start}..{end} ({days} day{'s' * (days != 1)}) as one run")
+    print(f"{symbol}: backfilling {start}..{end} ({days} day{'s' * (days != 1)}) as one run", file=out)
     result = dg.materialize(
         [ohlcv_1m],
         instance=dagster,
@@ -246,16 +376,79 @@ def run_backfill(dagster: dg.DagsterInstance, symbol: str, start: date, end: dat
             file=sys.stderr,
         )
         return EXIT_FAILED
-    metadata = {}
+    metadata: dict[str, Any] = {}
     for event in result.get_asset_materialization_events():
         metadata = {k: v.value for k, v in event.materialization.metadata.items()}
         break
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    gaps = checks[GAPS_EXPLAINED].metadata
+    explained = gaps["explained_minutes"].value
     print(
         f"{symbol}: run {result.run_id} stored {metadata.get('inserted', 0)} new, "
         f"{metadata.get('corrected', 0)} corrected, {metadata.get('unchanged', 0)} unchanged "
-        f"candles; {metadata.get('missing_minutes', 0)} closed minutes of the range not stored"
+        f"candles; {explained} minutes the exchange itself has no candles for",
+        file=out,
     )
+    if not checks[OHLC_VALID].passed:
+        violations = checks[OHLC_VALID].metadata["violations"].value
+        print(
+            f"tradebeat: warning: {symbol}: {violations} impossible candles stored as the exchange "
+            "sent them (see the ohlc_valid check in the Dagster UI)",
+            file=sys.stderr,
+        )
+    if not checks[GAPS_EXPLAINED].passed:
+        reasons = metadata.get("fetch_failures") or []
+        print(
+            f"tradebeat: {symbol}: {gaps['unexplained_minutes'].value} minutes of {start}..{end} could not "
+            f"be fetched{': ' + ' | '.join(reasons) if reasons else ''}; "
+            f"`tradebeat gaps {symbol} --start {start} --end {end} --repair` asks again",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return EXIT_OK
+
+
+def gaps_command(args: argparse.Namespace, settings: Settings) -> int:
+    symbol = normalize_symbol(args.symbol)
+    start, end = _day_range(args.start, args.end)
+    with SQLiteStore(settings.db_path) as store:
+        report = _gap_report(store, symbol, start, end)
+    if args.repair and report.unexplained:
+        with SQLiteStore(settings.db_path) as store:
+            if symbol not in store.active_symbols():
+                raise Refused(f"{symbol} is not active; add it again to repair its holes")
+        first = utc_day(min(h.start for h in report.holes if h.kind in UNEXPLAINED))
+        last = utc_day(max(h.end for h in report.holes if h.kind in UNEXPLAINED))
+        with instance() as dagster:
+            # In JSON mode stdout carries only the report.
+            run_backfill(dagster, symbol, first, last, out=sys.stderr if args.json else sys.stdout)
+        with SQLiteStore(settings.db_path) as store:
+            report = _gap_report(store, symbol, start, end)
+    if args.json:
+        print(json.dumps(report.as_json(), separators=(",", ":")))
+    else:
+        _print_gaps(report, start, end)
+    return EXIT_OK if report.unexplained == 0 else EXIT_FAILED
+
+
+def _gap_report(store: SQLiteStore, symbol: str, start: date, end: date) -> GapReport:
+    now = int(time.time() * 1000)
+    try:
+        return store.gap_report(symbol, day_window(start)[0], min(day_window(end)[1], now - now % MINUTE_MS))
+    except UnknownSymbol as exc:
+        raise Refused(str(exc)) from None
+
+
+def _print_gaps(report: GapReport, start: date, end: date) -> None:
+    print(f"{report.symbol} {start}..{end}")
+    if report.holes:
+        print(f"{'start':<21} {'end':<21} {'minutes':>7}  kind")
+        for h in report.holes:
+            print(f"{iso_utc(h.start):<21} {iso_utc(h.end):<21} {h.minutes:>7}  {h.kind}")
+    print(
+        f"expected {report.expected}, stored {report.stored}, halted {report.halted}, "
+        f"explained {report.explained}, unexplained {report.unexplained}"
+    )
 
 
 async def _first_candle(symbol: str) -> int | None:

@@ -8,8 +8,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -24,9 +24,11 @@ from tradebeat_pipeline.candles import (
     clean_candles,
     contiguous_day_runs,
     day_window,
+    empty_candles,
     iso_utc,
     parse_klines,
 )
+from tradebeat_pipeline.quality import Coverage, failed_coverage
 
 log = logging.getLogger("tradebeat.exchange")
 
@@ -59,6 +61,36 @@ class FetchResult:
     requests: int
     server_time_ms: int
     closed_until_ms: int  # every minute opening before this was closed by the exchange's clock
+    # What each window's answers showed besides candles: which minutes an answer skipped, which
+    # requests failed for good. The store turns it into recorded holes.
+    coverage: tuple[Coverage, ...] = ()
+
+    @property
+    def failures(self) -> list[str]:
+        return [reason for cov in self.coverage for _, _, reason in cov.failed]
+
+    @classmethod
+    def failed(cls, start_ms: int, end_ms: int, reason: str) -> "FetchResult":
+        """Nothing could be fetched for [start_ms, end_ms)."""
+        return cls(empty_candles(), 0, 0, start_ms, (failed_coverage(start_ms, end_ms, reason),))
+
+
+def merge_results(results: Sequence[FetchResult]) -> FetchResult:
+    """Several windows of one symbol as one result."""
+    return FetchResult(
+        candles=clean_candles(r.candles for r in results),
+        requests=sum(r.requests for r in results),
+        server_time_ms=max((r.server_time_ms for r in results), default=0),
+        closed_until_ms=max((r.closed_until_ms for r in results), default=0),
+        coverage=tuple(c for r in results for c in r.coverage),
+    )
+
+
+@dataclass
+class _Chunk:
+    frames: list[pd.DataFrame] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    failed: tuple[int, int, str] | None = None
 
 
 class Exchange(Protocol):
@@ -217,38 +249,57 @@ class CcxtExchange:
         """Closed 1m candles with open time in [start_ms, end_ms), fetched in parallel chunks.
 
         Closed is judged by the exchange's clock, so a local clock that runs ahead can never make
-        the open candle look final.
+        the open candle look final. A chunk whose requests fail for good is reported in the
+        result's coverage and the other chunks are kept, so one bad hour does not cost a year.
         """
         market = await self._market(symbol)
         requests_before = self.requests
         now = await self.server_time_ms()
-        closed_until = min(end_ms, now - now % MINUTE_MS)
+        start_ms -= start_ms % MINUTE_MS
+        closed_until = max(start_ms, min(end_ms, now - now % MINUTE_MS))
         chunk = PAGE_LIMIT * MINUTE_MS
-        starts = range(start_ms - start_ms % MINUTE_MS, closed_until, chunk)
-        pages = await gather_or_cancel(
+        starts = range(start_ms, closed_until, chunk)
+        chunks = await gather_or_cancel(
             self._fetch_chunk(market["id"], symbol, s, min(s + chunk, closed_until), now) for s in starts
         )
-        candles = clean_candles(frame for chunk_pages in pages for frame in chunk_pages)
+        candles = clean_candles(frame for c in chunks for frame in c.frames)
         in_window = (candles["timestamp"] >= start_ms) & (candles["timestamp"] < closed_until)
-        candles = candles[in_window].reset_index(drop=True)
-        return FetchResult(candles, self.requests - requests_before, now, closed_until)
+        coverage = Coverage(
+            start_ms,
+            closed_until,
+            spans=tuple(span for c in chunks for span in c.spans),
+            failed=tuple(c.failed for c in chunks if c.failed is not None),
+        )
+        return FetchResult(
+            candles[in_window].reset_index(drop=True),
+            self.requests - requests_before,
+            now,
+            closed_until,
+            (coverage,),
+        )
 
     async def _fetch_chunk(
         self, market_id: str, symbol: str, start_ms: int, end_ms: int, now_ms: int
-    ) -> list[pd.DataFrame]:
+    ) -> "_Chunk":
         """Page one chunk with since = last open time + 1 minute, until its end."""
-        frames: list[pd.DataFrame] = []
+        chunk = _Chunk()
         since = start_ms
-        while since < end_ms:
-            page, close_times = await self._klines(market_id, symbol, since, end_ms - 1, PAGE_LIMIT)
-            if page.empty:
-                break
-            closed = close_times < now_ms
-            frames.append(page[closed])
-            since = int(page["timestamp"].iloc[-1]) + MINUTE_MS
-            if not closed.all():
-                break
-        return frames
+        try:
+            while since < end_ms:
+                page, close_times = await self._klines(market_id, symbol, since, end_ms - 1, PAGE_LIMIT)
+                if page.empty:
+                    break
+                times = page["timestamp"]
+                chunk.spans.append((int(times.iloc[0]), int(times.iloc[-1])))
+                closed = close_times < now_ms
+                chunk.frames.append(page[closed])
+                since = int(times.iloc[-1]) + MINUTE_MS
+                if not closed.all():
+                    break
+        except ExchangeFailure as exc:
+            log.error("%s: %s; minutes from %s on recorded as fetch_failed", symbol, exc, iso_utc(since))
+            chunk.failed = (since, end_ms, str(exc))
+        return chunk
 
     async def _klines(
         self, market_id: str, symbol: str, since: int, end: int | None, limit: int
@@ -336,14 +387,10 @@ async def fetch_days(exchange: Exchange, requested: dict[str, list[date]]) -> di
 
     async def one_symbol(symbol: str, days: list[date]) -> FetchResult:
         runs = contiguous_day_runs(days)
-        results = await gather_or_cancel(
-            exchange.fetch_candles(symbol, day_window(a)[0], day_window(b)[1]) for a, b in runs
-        )
-        return FetchResult(
-            candles=clean_candles(r.candles for r in results),
-            requests=sum(r.requests for r in results),
-            server_time_ms=max(r.server_time_ms for r in results),
-            closed_until_ms=max(r.closed_until_ms for r in results),
+        return merge_results(
+            await gather_or_cancel(
+                exchange.fetch_candles(symbol, day_window(a)[0], day_window(b)[1]) for a, b in runs
+            )
         )
 
     symbols = list(requested)

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import date, timedelta
 
 from tradebeat_pipeline.candles import MINUTE_MS, day_window, utc_day
@@ -72,22 +71,15 @@ async def wait_until_closed(
         await sleep(behind / 1000 + 0.2)
 
 
-@dataclass(frozen=True)
-class BeatFetch:
-    results: dict[str, FetchResult]
-    failures: dict[str, str]
+async def fetch_windows(exchange: Exchange, windows: dict[str, tuple[int, int]]) -> dict[str, FetchResult]:
+    """Fetch every symbol's window at once; a symbol that fails gets a result that says so (its
+    window becomes a `fetch_failed` hole), and the others keep their candles."""
 
-
-async def fetch_windows(exchange: Exchange, windows: dict[str, tuple[int, int]]) -> BeatFetch:
-    """Fetch every symbol's window at once; a symbol that fails is reported, the others kept."""
-
-    async def one(symbol: str, start: int, end: int) -> tuple[str, FetchResult | str]:
+    async def one(symbol: str, start: int, end: int) -> tuple[str, FetchResult]:
         try:
             return symbol, await exchange.fetch_candles(symbol, start, end)
         except Exception as exc:  # one symbol's failure must not cost the others their candles
-            return symbol, f"{type(exc).__name__}: {exc}"
+            return symbol, FetchResult.failed(start, end, f"{type(exc).__name__}: {exc}")
 
     pairs = await gather_or_cancel(one(s, a, b) for s, (a, b) in windows.items() if b > a)
-    results = {s: r for s, r in pairs if isinstance(r, FetchResult)}
-    failures = {s: r for s, r in pairs if isinstance(r, str)}
-    return BeatFetch(results, failures)
+    return dict(pairs)

@@ -1,7 +1,10 @@
-"""The IO manager: a thin Dagster adapter that upserts candle frames into the store."""
+"""The IO manager: a thin Dagster adapter that writes what a run fetched into the store."""
 
+import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import date
 
 import dagster as dg
@@ -15,26 +18,61 @@ from tradebeat_pipeline.candles import (
     iso_utc,
 )
 from tradebeat_pipeline.defs.resources import resolve_db_path
+from tradebeat_pipeline.exchange import FetchResult
 from tradebeat_pipeline.partitions import days_by_symbol
-from tradebeat_pipeline.store import SQLiteStore, UpsertResult
+from tradebeat_pipeline.store import SQLiteStore, SymbolWrite, UpsertResult
 
 SYMBOL_COLUMN = "symbol"
-# A heartbeat's frame carries {"minute", "ok", "failed"} here, for its one log line after commit.
-BEAT_ATTR = "tradebeat_beat"
+beat_log = logging.getLogger("tradebeat.heartbeat")
+
+
+@dataclass(frozen=True)
+class Ingest:
+    """What one `ohlcv_1m` run fetched, for the IO manager to store in one transaction: per symbol
+    its candles and what each fetch covered (the holes it revealed), plus where each symbol's
+    history begins on the exchange when the run had to ask."""
+
+    results: dict[str, FetchResult]
+    first_candles: dict[str, int | None] = field(default_factory=dict)
+    beat_minute: int | None = None  # set for a heartbeat: its one log line after the commit
+
+    def candles(self) -> pd.DataFrame:
+        """Every symbol's candles in one frame with a `symbol` column."""
+        frames = [r.candles.assign(**{SYMBOL_COLUMN: s}) for s, r in self.results.items()]
+        if not frames:
+            return empty_candles().assign(**{SYMBOL_COLUMN: pd.Series(dtype="object")})
+        return pd.concat(frames, ignore_index=True)
+
+    @property
+    def failed(self) -> list[str]:
+        return sorted(s for s, r in self.results.items() if r.failures)
 
 
 class CandleIOManager(dg.ConfigurableIOManager):
-    """Upserts an asset's candles, one transaction per output, keyed by (symbol, minute)."""
+    """Upserts an asset's candles and records the holes its fetches revealed, one transaction per
+    output, keyed by (symbol, minute)."""
 
     db_path: str | None = None
 
-    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: Ingest) -> None:
         # asset_partition_key_range would enumerate every day since 2017 and cannot describe a run
         # over several symbols; the key collection is exact and cheap.
         requested = days_by_symbol(context.asset_partition_keys)
-        batches = split_by_symbol(obj, requested)
+        candles = obj.candles()
+        batches = dict(split_by_symbol(candles, requested))
+        writes = []
+        for symbol, result in obj.results.items():
+            refuse_coverage_outside(symbol, result, requested)
+            writes.append(
+                SymbolWrite(
+                    symbol,
+                    batches.get(symbol, empty_candles()),
+                    result.coverage,
+                    obj.first_candles.get(symbol),
+                )
+            )
         with SQLiteStore(resolve_db_path(self.db_path)) as store:
-            results = store.upsert_candles(batches)
+            results = store.ingest(writes)
             committed_ms = int(time.time() * 1000)
             missing = {
                 symbol: expected_minutes(days)
@@ -43,33 +81,44 @@ class CandleIOManager(dg.ConfigurableIOManager):
                     for a, b in contiguous_day_runs(days)
                 )
                 for symbol, days in requested.items()
+                if symbol in obj.results
             }
         total = sum(results.values(), UpsertResult())
+        holes = Counter(h.kind for h in total.holes)
         metadata: dict[str, dg.RawMetadataValue] = {
-            "rows": len(obj),
+            "rows": len(candles),
             "inserted": total.inserted,
             "corrected": total.updated,
             "unchanged": total.unchanged,
             "symbols": len(requested),
             "missing_minutes": int(sum(missing.values())),
+            "holes_recorded": dict(holes) or "none",
         }
-        if len(obj):
-            metadata["first_candle"] = iso_utc(int(obj["timestamp"].min()))
-            metadata["last_candle"] = iso_utc(int(obj["timestamp"].max()))
+        failures = [f"{s}: {reason}" for s, r in obj.results.items() for reason in r.failures]
+        if failures:
+            metadata["fetch_failures"] = failures[:5]
+        if len(candles):
+            metadata["first_candle"] = iso_utc(int(candles["timestamp"].min()))
+            metadata["last_candle"] = iso_utc(int(candles["timestamp"].max()))
         if len(missing) <= 20:
             metadata["missing_minutes_by_symbol"] = {s: int(m) for s, m in missing.items()}
-        beat = obj.attrs.get(BEAT_ATTR)
-        if beat is not None:
-            latency = (committed_ms - beat["minute"] - MINUTE_MS) / 1000
+        if obj.beat_minute is not None:
+            minute = obj.beat_minute
+            latency = (committed_ms - minute - MINUTE_MS) / 1000
+            failed = obj.failed
             metadata.update(
-                beat_minute=iso_utc(beat["minute"]),
+                beat_minute=iso_utc(minute),
                 close_to_commit_s=latency,
-                failed_symbols=", ".join(beat["failed"]) or "none",
+                failed_symbols=", ".join(failed) or "none",
             )
-            context.log.info(
-                f"beat {iso_utc(beat['minute'])}: {beat['ok']} symbols ok, {len(beat['failed'])} failed, "
-                f"{total.inserted} candles stored ({total.updated} corrected), "
-                f"close to commit {latency:.1f}s"
+            beat_log.info(
+                "beat %s: %d symbols ok, %d failed, %d candles stored (%d corrected), close to commit %.1fs",
+                iso_utc(minute),
+                len(obj.results) - len(failed),
+                len(failed),
+                total.inserted,
+                total.updated,
+                latency,
             )
         context.add_output_metadata(metadata)
 
@@ -108,6 +157,20 @@ def split_by_symbol(
             )
         batches.append((str(symbol), frame.drop(columns=SYMBOL_COLUMN)))
     return batches
+
+
+def refuse_coverage_outside(symbol: str, result: FetchResult, requested: dict[str, list[date]]) -> None:
+    """A fetched window reaching outside the run's partitions would rewrite holes it does not own."""
+    days = requested.get(symbol)
+    if days is None:
+        raise ValueError(f"{symbol}: fetched, but not among this run's partitions; nothing was written")
+    runs = [(day_window(a)[0], day_window(b)[1]) for a, b in contiguous_day_runs(days)]
+    for cov in result.coverage:
+        if not any(lo <= cov.start and cov.end <= hi for lo, hi in runs):
+            raise ValueError(
+                f"{symbol}: a fetch of {iso_utc(cov.start)}..{iso_utc(cov.end)} lies outside this "
+                "run's partitions; nothing was written"
+            )
 
 
 def expected_minutes(days: Sequence[date], now_ms: int | None = None) -> int:

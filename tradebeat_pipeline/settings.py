@@ -13,10 +13,13 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from tradebeat_pipeline import logs
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_API_URL = "https://api.binance.com"
 DEFAULT_DB_PATH = PROJECT_DIR / "data" / "tradebeat.sqlite"
 DEFAULT_DAGSTER_HOME = PROJECT_DIR / "dagster_home"
+DEFAULT_LOG_DIR = PROJECT_DIR / "logs"
 
 
 class SettingsError(ValueError):
@@ -36,6 +39,10 @@ class Settings:
     retry_backoff_seconds: float = 0.5
     rate_budget_share: float = 0.5
     symbols: tuple[str, ...] = ()
+    freshness_minutes: int = 2
+    log_dir: Path = DEFAULT_LOG_DIR
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 5
 
     def __repr__(self) -> str:
         # Keys must never reach a log line or an exception message, even by accident.
@@ -46,7 +53,8 @@ class Settings:
             f"heartbeat_buffer_seconds={self.heartbeat_buffer_seconds}, log_level={self.log_level!r}, "
             f"retry_attempts={self.retry_attempts}, "
             f"retry_backoff_seconds={self.retry_backoff_seconds}, "
-            f"rate_budget_share={self.rate_budget_share}, symbols={self.symbols!r})"
+            f"rate_budget_share={self.rate_budget_share}, symbols={self.symbols!r}, "
+            f"freshness_minutes={self.freshness_minutes}, log_dir={str(self.log_dir)!r})"
         )
 
     @classmethod
@@ -82,6 +90,20 @@ class Settings:
             ),
             rate_budget_share=_share(get("RATE_BUDGET_SHARE")),
             symbols=tuple(s.strip() for s in (get("SYMBOLS") or "").split(",") if s.strip()),
+            freshness_minutes=_positive_int("FRESHNESS_MINUTES", get("FRESHNESS_MINUTES"), 2),
+            log_dir=_project_path(get("LOG_DIR"), DEFAULT_LOG_DIR),
+            log_max_bytes=_positive_int("LOG_MAX_BYTES", get("LOG_MAX_BYTES"), 10 * 1024 * 1024),
+            log_backups=_positive_int("LOG_BACKUPS", get("LOG_BACKUPS"), 5),
+        )
+
+    def install_logs(self) -> None:
+        """Per-component rotating files under LOG_DIR at LOG_LEVEL, with the API keys redacted."""
+        logs.install(
+            self.log_dir,
+            level=self.log_level,
+            max_bytes=self.log_max_bytes,
+            backups=self.log_backups,
+            secrets=(self.api_key, self.secret_key),
         )
 
 
@@ -95,8 +117,12 @@ def _api_url(raw: str) -> str:
 
 
 def _db_path(raw: str | None) -> Path:
+    return _project_path(raw, DEFAULT_DB_PATH)
+
+
+def _project_path(raw: str | None, default: Path) -> Path:
     if raw is None:
-        return DEFAULT_DB_PATH
+        return default
     path = Path(raw).expanduser()
     return path if path.is_absolute() else PROJECT_DIR / path
 

@@ -17,19 +17,45 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from tradebeat_pipeline.candles import CANDLE_COLUMNS, PRICE_COLUMNS, empty_candles, iso_utc
+from tradebeat_pipeline.candles import CANDLE_COLUMNS, MINUTE_MS, PRICE_COLUMNS, empty_candles, iso_utc
+from tradebeat_pipeline.quality import (
+    GAP_KINDS,
+    Coverage,
+    GapKind,
+    GapReport,
+    Hole,
+    classify,
+    gap_report,
+    merge_adjacent,
+    missing_runs,
+    outside,
+)
 
 log = logging.getLogger("tradebeat.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_HEADER = b"SQLite format 3\x00"
 
-SCHEMA = """
+# Holes in the stored minutes and why they are there (see quality.py); `start` and `end` are the
+# open times of the first and last missing minute, both inclusive.
+_GAPS_TABLE = f"""
+CREATE TABLE IF NOT EXISTS gaps (
+    symbol_id INTEGER NOT NULL REFERENCES symbols(id),
+    start INTEGER NOT NULL,
+    "end" INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ({", ".join(repr(k) for k in GAP_KINDS)})),
+    detected_at INTEGER NOT NULL,
+    PRIMARY KEY (symbol_id, start)
+) WITHOUT ROWID
+"""
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS symbols (
     id INTEGER PRIMARY KEY,
     symbol TEXT NOT NULL UNIQUE,
     created_at TEXT NOT NULL,
-    is_active INTEGER NOT NULL DEFAULT 1
+    is_active INTEGER NOT NULL DEFAULT 1,
+    first_candle_ms INTEGER  -- the exchange's first candle: no minute before it is a hole
 );
 CREATE TABLE IF NOT EXISTS price_data (
     symbol_id INTEGER NOT NULL REFERENCES symbols(id),
@@ -51,7 +77,12 @@ SELECT s.symbol AS symbol,
        strftime('%Y-%m-%dT%H:%M:%SZ', p.timestamp / 1000, 'unixepoch') AS time_utc,
        p.open, p.high, p.low, p.close, p.volume
 FROM price_data AS p JOIN symbols AS s ON s.id = p.symbol_id;
+{_GAPS_TABLE};
 """
+# Steps from each older version to the next, run in one transaction with the version bump.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE symbols ADD COLUMN first_candle_ms INTEGER", _GAPS_TABLE),
+}
 
 _VALUE_COLUMNS = CANDLE_COLUMNS[1:]
 _INSERT_COLUMNS = ("symbol_id", *CANDLE_COLUMNS, "ingested_at")
@@ -68,6 +99,23 @@ _SELECT_RANGE_SQL = (
     f"SELECT {', '.join(CANDLE_COLUMNS)} FROM price_data "
     "WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ? ORDER BY timestamp"
 )
+
+
+_SELECT_TIMES_SQL = (
+    "SELECT timestamp FROM price_data WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ? "
+    "ORDER BY timestamp"
+)
+_STORED_SQL = "SELECT 1 FROM price_data WHERE symbol_id = ? AND timestamp = ?"
+_HALTED_SQL = (
+    "SELECT count(*) FROM price_data WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ? "
+    "AND open = high AND high = low AND low = close AND volume = 0"
+)
+
+
+def _kind(text: str) -> GapKind:
+    if text not in GAP_KINDS:
+        raise StoreError(f"gaps table holds an unknown kind {text!r}")
+    return text
 
 
 class StoreError(RuntimeError):
@@ -94,6 +142,7 @@ class UpsertResult:
     updated: int = 0
     unchanged: int = 0
     corrected: list[int] = field(default_factory=list)
+    holes: list[Hole] = field(default_factory=list)  # recorded by this write, in its windows
 
     def __add__(self, other: "UpsertResult") -> "UpsertResult":
         return UpsertResult(
@@ -101,7 +150,19 @@ class UpsertResult:
             self.updated + other.updated,
             self.unchanged + other.unchanged,
             self.corrected + other.corrected,
+            self.holes + other.holes,
         )
+
+
+@dataclass(frozen=True)
+class SymbolWrite:
+    """One symbol's part of a write: its candles, the windows they were fetched for, and where the
+    exchange's history begins (None when unknown)."""
+
+    symbol: str
+    candles: pd.DataFrame
+    coverage: Sequence[Coverage] = ()
+    first_candle_ms: int | None = None
 
 
 class CandleStore(Protocol):
@@ -112,8 +173,14 @@ class CandleStore(Protocol):
     def list_symbols(self, *, active: bool | None = True) -> list[SymbolRow]: ...
     def active_symbols(self) -> set[str]: ...
     def upsert_candles(self, batches: Sequence[tuple[str, pd.DataFrame]]) -> dict[str, UpsertResult]: ...
+    def ingest(self, writes: Sequence[SymbolWrite]) -> dict[str, UpsertResult]: ...
     def read_candles(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame: ...
-    def newest_candles(self, symbols: Sequence[str]) -> dict[str, int | None]: ...
+    def newest_candles(
+        self, symbols: Sequence[str], before_ms: int | None = None
+    ) -> dict[str, int | None]: ...
+    def first_candles(self, symbols: Sequence[str]) -> dict[str, int | None]: ...
+    def holes(self, symbol: str, start_ms: int, end_ms: int) -> list[Hole]: ...
+    def gap_report(self, symbol: str, start_ms: int, end_ms: int) -> GapReport: ...
 
 
 class SQLiteStore:
@@ -157,8 +224,8 @@ class SQLiteStore:
                     f"DB_PATH {self.path} has schema version {version}, newer than this tradebeat "
                     f"understands ({SCHEMA_VERSION}); upgrade tradebeat instead of downgrading data"
                 )
-            if version == 0:
-                self._create_schema(conn)
+            if version < SCHEMA_VERSION:
+                self._create_or_migrate(conn)
             conn.execute("PRAGMA foreign_keys = ON")
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
@@ -188,14 +255,15 @@ class SQLiteStore:
         if header and header != SQLITE_HEADER:
             raise StoreError(f"DB_PATH {self.path} is not a SQLite database; refusing to touch it")
 
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
+    def _create_or_migrate(self, conn: sqlite3.Connection) -> None:
+        """Create the schema in a new file, or upgrade an older one step by step, atomically."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 foreign = conn.execute(
                     "SELECT count(*) FROM sqlite_master WHERE name NOT IN "
-                    "('symbols', 'price_data', 'candles')"
+                    "('symbols', 'price_data', 'candles', 'gaps')"
                 ).fetchone()[0]
                 if foreign:
                     raise StoreError(
@@ -205,7 +273,12 @@ class SQLiteStore:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            else:
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in MIGRATIONS[step]:
+                        conn.execute(statement)
+                    log.info("DB_PATH %s: schema upgraded from version %d to %d", self.path, step, step + 1)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -301,6 +374,93 @@ class SQLiteStore:
                 )
         return results
 
+    def ingest(self, writes: Sequence[SymbolWrite], *, now_ms: int | None = None) -> dict[str, UpsertResult]:
+        """Candles and the holes their fetches revealed, in ONE transaction: a hole is recorded
+        against exactly the candles stored with it, and a crash leaves neither."""
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        results: dict[str, UpsertResult] = {}
+        with self.transaction() as conn:
+            for write in writes:
+                sid = self._symbol_id_in(conn, write.symbol)
+                if write.first_candle_ms is not None:
+                    conn.execute(
+                        "UPDATE symbols SET first_candle_ms = ? WHERE id = ? AND first_candle_ms IS NULL",
+                        (write.first_candle_ms, sid),
+                    )
+                result = self._upsert_one(conn, sid, write.candles, now)
+                listed = conn.execute("SELECT first_candle_ms FROM symbols WHERE id = ?", (sid,)).fetchone()[
+                    0
+                ]
+                holes = [h for cov in write.coverage for h in self._record_holes(conn, sid, cov, listed, now)]
+                result = UpsertResult(
+                    result.inserted, result.updated, result.unchanged, result.corrected, holes
+                )
+                results[write.symbol] = results.get(write.symbol, UpsertResult()) + result
+        for symbol, result in results.items():
+            if result.corrected:
+                log.warning(
+                    "%s: exchange corrected %d stored candle(s): %s",
+                    symbol,
+                    len(result.corrected),
+                    ", ".join(iso_utc(ts) for ts in result.corrected[:10]),
+                )
+        return results
+
+    def _record_holes(
+        self, conn: sqlite3.Connection, sid: int, cov: Coverage, listed: int | None, now: int
+    ) -> list[Hole]:
+        """Replace what is recorded inside the fetched window with what this fetch showed."""
+        start = cov.start if listed is None else max(cov.start, listed)
+        touching = self._holes(conn, sid, cov.start - MINUTE_MS, cov.end + MINUTE_MS)
+        ts = np.array([r[0] for r in conn.execute(_SELECT_TIMES_SQL, (sid, start, cov.end))], dtype=np.int64)
+
+        def is_stored(ms: int) -> bool:
+            return conn.execute(_STORED_SQL, (sid, ms)).fetchone() is not None
+
+        new = classify(missing_runs(ts, start, cov.end), cov, touching, is_stored=is_stored, now_ms=now)
+        rows = merge_adjacent([*outside(touching, cov.start, cov.end), *new])
+        conn.executemany(
+            "DELETE FROM gaps WHERE symbol_id = ? AND start = ?", [(sid, h.start) for h in touching]
+        )
+        conn.executemany(
+            'INSERT INTO gaps (symbol_id, start, "end", kind, detected_at) VALUES (?, ?, ?, ?, ?)',
+            [(sid, h.start, h.end, h.kind, h.detected_at) for h in rows],
+        )
+        return new
+
+    def _holes(self, conn: sqlite3.Connection, sid: int, start_ms: int, end_ms: int) -> list[Hole]:
+        rows = conn.execute(
+            'SELECT start, "end", kind, detected_at FROM gaps '
+            'WHERE symbol_id = ? AND start < ? AND "end" >= ? ORDER BY start',
+            (sid, end_ms, start_ms),
+        ).fetchall()
+        return [Hole(int(a), int(b), _kind(k), int(d)) for a, b, k, d in rows]
+
+    def holes(self, symbol: str, start_ms: int, end_ms: int) -> list[Hole]:
+        """Recorded holes overlapping [start_ms, end_ms)."""
+        return self._holes(self.conn, self.symbol_id(symbol), start_ms, end_ms)
+
+    def gap_report(self, symbol: str, start_ms: int, end_ms: int) -> GapReport:
+        """[start_ms, end_ms) accounted for: stored, halted, and every missing minute with its kind
+        (minutes before the exchange's first candle are not expected)."""
+        sid = self.symbol_id(symbol)
+        listed = self.conn.execute("SELECT first_candle_ms FROM symbols WHERE id = ?", (sid,)).fetchone()[0]
+        start = start_ms if listed is None else max(start_ms, int(listed))
+        end = max(start, end_ms)
+        ts = np.array([r[0] for r in self.conn.execute(_SELECT_TIMES_SQL, (sid, start, end))], dtype=np.int64)
+        halted = self.conn.execute(_HALTED_SQL, (sid, start, end)).fetchone()[0]
+        return gap_report(symbol, start, end, ts, self._holes(self.conn, sid, start, end), halted=int(halted))
+
+    def first_candles(self, symbols: Sequence[str]) -> dict[str, int | None]:
+        """Where each symbol's history begins on the exchange, when known."""
+        known: dict[str, int | None] = {}
+        for symbol in symbols:
+            row = self.conn.execute(
+                "SELECT first_candle_ms FROM symbols WHERE symbol = ?", (symbol,)
+            ).fetchone()
+            known[symbol] = None if row is None or row[0] is None else int(row[0])
+        return known
+
     def _symbol_id_in(self, conn: sqlite3.Connection, symbol: str) -> int:
         row = conn.execute("SELECT id FROM symbols WHERE symbol = ?", (symbol,)).fetchone()
         if row is None:
@@ -362,17 +522,31 @@ class SQLiteStore:
         frame["trades"] = frame["trades"].astype("Int64")
         return frame
 
-    def newest_candles(self, symbols: Sequence[str]) -> dict[str, int | None]:
-        """Open time of each symbol's newest stored candle (None when it has none)."""
+    def newest_candles(self, symbols: Sequence[str], before_ms: int | None = None) -> dict[str, int | None]:
+        """Open time of each symbol's newest stored candle (before `before_ms`; None when none)."""
         newest: dict[str, int | None] = {}
         for symbol in symbols:
             row = self.conn.execute(
                 "SELECT max(p.timestamp) FROM symbols AS s LEFT JOIN price_data AS p "
-                "ON p.symbol_id = s.id WHERE s.symbol = ?",
-                (symbol,),
+                "ON p.symbol_id = s.id AND p.timestamp < ? WHERE s.symbol = ?",
+                (before_ms if before_ms is not None else 2**62, symbol),
             ).fetchone()
             newest[symbol] = None if row is None or row[0] is None else int(row[0])
         return newest
+
+    def candle_span(self, symbol: str) -> tuple[int | None, int | None]:
+        """Open times of a symbol's oldest and newest stored candles. Two queries on purpose: SQLite
+        answers a lone min() or max() with one primary-key lookup, but both together with a scan."""
+        sid = self.symbol_id(symbol)
+        first = self.conn.execute(
+            "SELECT min(timestamp) FROM price_data WHERE symbol_id = ?", (sid,)
+        ).fetchone()
+        last = self.conn.execute(
+            "SELECT max(timestamp) FROM price_data WHERE symbol_id = ?", (sid,)
+        ).fetchone()
+        if first[0] is None:
+            return None, None
+        return int(first[0]), int(last[0])
 
     def count_candles(self, symbol: str, start_ms: int = 0, end_ms: int = 2**62) -> int:
         row = self.conn.execute(

@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from tradebeat_pipeline import logs
 from tradebeat_pipeline.sandbox.market_data import historical_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
@@ -45,7 +46,7 @@ def sandbox(sandbox_server: SandboxServer) -> Iterator[Sandbox]:
 
 
 @pytest.fixture
-def env(tmp_path: Path, sandbox_server: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+def env(tmp_path: Path, sandbox_server: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point everything at the sandbox, a fresh database and a fresh Dagster home; returns DB_PATH."""
     db_path = tmp_path / "tradebeat.sqlite"
     home = tmp_path / "dagster_home"
@@ -56,9 +57,11 @@ def env(tmp_path: Path, sandbox_server: SandboxServer, monkeypatch: pytest.Monke
     monkeypatch.setenv("BINANCE_API_URL", sandbox_server.url)
     monkeypatch.setenv("TRADEBEAT_ENV_FILE", str(tmp_path / "no.env"))
     monkeypatch.setenv("EXCHANGE_RETRY_BACKOFF_SECONDS", "0.01")
+    monkeypatch.setenv("LOG_DIR", str(tmp_path / "logs"))
     for name in ("BINANCE_API_KEY", "BINANCE_SECRET_KEY", "LOG_LEVEL", "BACKFILL_MINUTES"):
         monkeypatch.delenv(name, raising=False)
-    return db_path
+    yield db_path
+    logs.uninstall(tmp_path / "logs")
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """`tradebeat` end to end: real ccxt → sandbox over HTTP, a real SQLite file, a real Dagster instance."""
 
+import json
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -174,13 +176,77 @@ def test_bad_input_is_refused_with_a_clear_message_and_changes_nothing(
 
 
 @pytest.mark.parametrize("fault", ["not_json", "missing_field", "non_numeric"])
-def test_a_malformed_exchange_answer_fails_the_backfill_and_stores_nothing(
+def test_a_malformed_exchange_answer_fails_the_backfill_stores_none_of_it_and_records_the_hole(
     btc: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str], fault: str
 ) -> None:
     assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
-    before = database_checksum(btc)
-    sandbox.inject(fault, count=1000)
+    before = stored(btc)
+    sandbox.inject(fault, count=None, window=(ms("2020-01-01T00:00:00Z"), ms("2020-01-03T00:00:00Z")))
 
     assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-02"]) == 1
-    assert "malformed answer" in capsys.readouterr().err
-    assert database_checksum(btc) == before
+    err = capsys.readouterr().err
+    assert "malformed answer" in err
+    assert "--repair" in err
+    assert stored(btc) == before
+    with sqlite3.connect(btc) as conn:
+        kinds = {r[0] for r in conn.execute("SELECT kind FROM gaps")}
+    conn.close()
+    assert kinds == {"fetch_failed"}
+
+
+def test_symbols_list_shows_active_symbols_by_default_and_filters_inactive_or_all(
+    env: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["symbols", "add", "BTC/USDT", "ETH/USDT"]) == 0
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
+    assert main(["symbols", "remove", "ETH/USDT"]) == 0
+
+    def listed(*flags: str) -> list[dict[str, Any]]:
+        capsys.readouterr()
+        assert main(["symbols", "list", "--json", *flags]) == 0
+        return list(json.loads(capsys.readouterr().out))
+
+    assert [s["symbol"] for s in listed()] == ["BTC/USDT"]
+    assert [s["symbol"] for s in listed("--inactive")] == ["ETH/USDT"]
+    assert [(s["symbol"], s["active"]) for s in listed("--all")] == [("BTC/USDT", True), ("ETH/USDT", False)]
+    (btc,) = listed()
+    assert (btc["first_candle"], btc["last_candle"], btc["candles"]) == (
+        "2020-01-01T00:00:00Z",
+        "2020-01-01T23:59:00Z",
+        1440,
+    )
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", btc["registered"])
+
+
+def test_symbols_list_refuses_all_and_inactive_together(env: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["symbols", "list", "--all", "--inactive"])
+    assert exc.value.code == 2
+
+
+def test_status_without_a_running_daemon_is_down_and_says_why(
+    btc: Path, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["status", "--json"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "down"
+    assert any("daemon" in reason for reason in report["reasons"])
+    assert [s["symbol"] for s in report["symbols"]] == ["BTC/USDT"]
+
+
+def test_status_cannot_tell_when_the_database_is_unreadable(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.write_bytes(b"not a database at all")
+    assert main(["status"]) == 3
+    assert "not a SQLite database" in capsys.readouterr().err
+
+
+def test_status_cannot_tell_on_a_usage_error(env: Path) -> None:
+    assert main(["status", "--bogus"]) == 3
+
+
+def test_status_cannot_tell_when_the_database_does_not_exist(env: Path) -> None:
+    assert main(["status"]) == 3
+    assert not env.exists()

@@ -4,6 +4,7 @@ minutes to close), so marked `slow`; CI runs it.
 """
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -14,11 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import dagster as dg
 import pytest
 
+from tradebeat_pipeline import health
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.sandbox.market_data import DAY_MS, ReplayedSeries, replay_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
@@ -119,6 +121,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSystem]:
             "TRADEBEAT_ENV_FILE": str(work / "none.env"),
             "HEARTBEAT_BUFFER_SECONDS": str(BUFFER_S),
             "BACKFILL_MINUTES": "60",
+            "LOG_DIR": str(work / "logs"),
         }
         env.pop("SYMBOLS", None)
         saved = dict(os.environ)
@@ -183,6 +186,56 @@ def test_symbols_added_together_get_their_history_in_one_automatic_backfill_run(
     history_start = int(time.time() * 1000) - 60 * MIN  # BACKFILL_MINUTES=60 in this system
     for symbol in SYMBOLS:
         assert any(t < history_start for t in live.rows(symbol)), f"{symbol} got no history"
+
+
+def status_at(
+    at_s: float, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, Any]:
+    """`tradebeat status --json` judged at the instant `at_s` (only its clock is moved)."""
+    monkeypatch.setattr(health, "clock", lambda: at_s)
+    capsys.readouterr()
+    code = main(["status", "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def recent_beat(live: LiveSystem) -> list[dg.DagsterRun] | None:
+    """A successful beat for a minute that closed in the last two minutes, with history loaded."""
+    if not live.runs("backfill", dg.DagsterRunStatus.SUCCESS):
+        return None
+    now = time.time() * 1000
+    beats = live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS)
+    return [r for r in beats if now - int(r.tags["tradebeat/beat_minute"]) <= 3 * MIN] or None
+
+
+def test_status_is_healthy_while_the_daemon_beats(
+    live: LiveSystem, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wait_for("a recent successful beat", lambda: recent_beat(live), timeout_s=300)
+    code, report = status_at(time.time(), monkeypatch, capsys)
+    assert (code, report["status"], report["reasons"]) == (0, "healthy", [])
+    assert report["daemon"]["alive"]
+    assert [s["symbol"] for s in report["symbols"]] == sorted(SYMBOLS)
+    assert all(s["lag_minutes"] <= 2 and s["candles_today"] > 0 for s in report["symbols"])
+
+
+def test_status_is_degraded_when_symbols_fall_behind_the_freshness_limit(
+    live: LiveSystem, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wait_for("a recent successful beat", lambda: recent_beat(live), timeout_s=300)
+    # 210 s later with no new candle: at least 3 minutes behind whatever second of the minute it is,
+    # while the daemon's heartbeat and the last beat are still under 5 minutes old.
+    code, report = status_at(time.time() + 210, monkeypatch, capsys)
+    assert (code, report["status"]) == (1, "degraded")
+    assert all("min behind (limit 2)" in reason for reason in report["reasons"])
+
+
+def test_status_is_down_when_no_beat_ran_for_five_minutes(
+    live: LiveSystem, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wait_for("a recent successful beat", lambda: recent_beat(live), timeout_s=300)
+    code, report = status_at(time.time() + 420, monkeypatch, capsys)
+    assert (code, report["status"]) == (2, "down")
+    assert any("no heartbeat run for" in reason for reason in report["reasons"])
 
 
 def test_minutes_missed_while_the_daemon_was_down_are_filled_by_the_next_beat(live: LiveSystem) -> None:

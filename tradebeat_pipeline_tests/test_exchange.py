@@ -1,6 +1,7 @@
 """The ccxt exchange client, driven over HTTP against the sandbox exchange."""
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -8,7 +9,6 @@ import pytest
 
 from tradebeat_pipeline.exchange import (
     CcxtExchange,
-    ExchangeFailure,
     SymbolNotListed,
     SymbolNotTrading,
 )
@@ -80,17 +80,33 @@ def test_transient_faults_are_retried_until_every_candle_arrives(
     assert sandbox.requests["klines"] == 2 + 2
 
 
-def test_a_lasting_malformed_answer_fails_naming_it_after_the_retries(
+def test_a_lasting_malformed_answer_is_reported_as_a_failed_window_naming_it_after_the_retries(
     sandbox: Sandbox, sandbox_server: SandboxServer
 ) -> None:
     sandbox.inject("not_json", count=100)
-    with pytest.raises(ExchangeFailure, match=r"malformed answer.*not JSON"):
-        run(
-            sandbox_server,
-            lambda ex: ex.fetch_candles("BTC/USDT", JAN1, JAN1 + 600 * 60_000),
-            max_attempts=3,
-        )
+    result = run(
+        sandbox_server,
+        lambda ex: ex.fetch_candles("BTC/USDT", JAN1, JAN1 + 600 * 60_000),
+        max_attempts=3,
+    )
+    assert result.candles.empty
+    (coverage,) = result.coverage
+    assert [(a, b) for a, b, _ in coverage.failed] == [(JAN1, JAN1 + 600 * 60_000)]
+    (reason,) = result.failures
+    assert re.search(r"gave up after 3 attempts \(malformed answer: .*not JSON", reason)
     assert sandbox.requests["klines"] == 3
+
+
+def test_a_chunk_that_keeps_failing_costs_only_its_own_minutes(
+    sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    # A day is two chunks (1,000 + 440 minutes); every request of the second one fails.
+    second = JAN1 + 1000 * 60_000
+    sandbox.inject("http_500", count=None, window=(second, JAN1 + DAY))
+    result = run(sandbox_server, lambda ex: ex.fetch_candles("BTC/USDT", JAN1, JAN1 + DAY), max_attempts=2)
+    (coverage,) = result.coverage
+    assert [(a, b) for a, b, _ in coverage.failed] == [(second, JAN1 + DAY)]
+    assert result.candles["timestamp"].tolist() == list(range(JAN1, second, 60_000))
 
 
 def test_the_client_throttles_to_its_share_of_the_declared_weight_budget(

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from tradebeat_pipeline.candles import CANDLE_COLUMNS
-from tradebeat_pipeline.store import SCHEMA_VERSION, SQLiteStore, StoreError, UnknownSymbol
+from tradebeat_pipeline.quality import Coverage, Hole
+from tradebeat_pipeline.store import SCHEMA_VERSION, SQLiteStore, StoreError, SymbolWrite, UnknownSymbol
 
 DAY1 = 1577836800000  # 2020-01-01T00:00Z
 
@@ -186,3 +187,66 @@ def test_a_read_only_database_gives_a_clear_error_and_stays_unchanged(tmp_path: 
     with read_only(path), pytest.raises(StoreError, match="read-only"):
         SQLiteStore(path).register_symbol("BTC/USDT")
     assert path.read_bytes() == before
+
+
+V1_SCHEMA = """
+CREATE TABLE symbols (id INTEGER PRIMARY KEY, symbol TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL,
+    is_active INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE price_data (symbol_id INTEGER NOT NULL REFERENCES symbols(id), timestamp INTEGER NOT NULL,
+    open REAL, high REAL, low REAL, close REAL, volume REAL, quote_volume REAL, trades INTEGER,
+    taker_buy_volume REAL, taker_buy_quote_volume REAL, ingested_at INTEGER NOT NULL,
+    PRIMARY KEY (symbol_id, timestamp)) WITHOUT ROWID;
+INSERT INTO symbols VALUES (1, 'BTC/USDT', '2026-01-01T00:00:00Z', 1);
+INSERT INTO price_data VALUES (1, 1577836800000, 1, 2, 0.5, 1.5, 3, NULL, 4, NULL, NULL, 99);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_database_is_upgraded_in_place_keeping_its_candles(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+    conn.close()
+    with SQLiteStore(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert rows(store) == [(1, DAY1, 1.0, 2.0, 0.5, 1.5, 3.0, None, 4, None, None, 99)]
+        assert store.holes("BTC/USDT", DAY1, DAY1 + 60_000) == []
+        assert store.first_candles(["BTC/USDT"]) == {"BTC/USDT": None}
+
+
+def test_an_ingest_records_the_holes_of_its_window_with_the_candles(store: SQLiteStore) -> None:
+    batch = pd.concat([candles(DAY1, 10), candles(DAY1 + 20 * 60_000, 10)], ignore_index=True)
+    answer = Coverage(DAY1, DAY1 + 30 * 60_000, spans=((DAY1, DAY1 + 29 * 60_000),))
+    (result,) = store.ingest([SymbolWrite("BTC/USDT", batch, [answer])], now_ms=5).values()
+    hole = Hole(DAY1 + 10 * 60_000, DAY1 + 19 * 60_000, "exchange", 5)
+    assert result.holes == [hole]
+    assert store.holes("BTC/USDT", DAY1, DAY1 + 30 * 60_000) == [hole]
+
+
+def test_minutes_before_the_exchanges_first_candle_are_not_holes(store: SQLiteStore) -> None:
+    listed = DAY1 + 10 * 60_000
+    write = SymbolWrite("BTC/USDT", candles(listed, 20), [Coverage(DAY1, DAY1 + 30 * 60_000)], listed)
+    store.ingest([write])
+    assert store.holes("BTC/USDT", DAY1, DAY1 + 30 * 60_000) == []
+    report = store.gap_report("BTC/USDT", DAY1, DAY1 + 30 * 60_000)
+    assert (report.expected, report.stored, report.holes) == (20, 20, [])
+
+
+def test_a_refetch_that_returns_the_minutes_removes_their_hole(store: SQLiteStore) -> None:
+    window = Coverage(DAY1, DAY1 + 30 * 60_000)
+    store.ingest([SymbolWrite("BTC/USDT", candles(DAY1, 10), [window])])
+    assert [h.kind for h in store.holes("BTC/USDT", DAY1, DAY1 + 30 * 60_000)] == ["pending"]
+    store.ingest([SymbolWrite("BTC/USDT", candles(DAY1, 30), [window])])
+    assert store.holes("BTC/USDT", DAY1, DAY1 + 30 * 60_000) == []
+
+
+def test_a_failed_ingest_records_neither_candles_nor_holes(store: SQLiteStore) -> None:
+    window = Coverage(DAY1, DAY1 + 30 * 60_000)
+    writes = [
+        SymbolWrite("BTC/USDT", candles(DAY1, 10), [window]),
+        SymbolWrite("NOT/REGISTERED", candles(DAY1, 10), [window]),
+    ]
+    with pytest.raises(UnknownSymbol):
+        store.ingest(writes)
+    assert rows(store) == []
+    assert store.holes("BTC/USDT", DAY1, DAY1 + 30 * 60_000) == []

@@ -1,6 +1,7 @@
 """What makes runs happen: the minute heartbeat schedule and the symbols sensor."""
 
 import asyncio
+import logging
 import time
 from datetime import UTC, date
 
@@ -22,6 +23,8 @@ from tradebeat_pipeline.partitions import (
 )
 from tradebeat_pipeline.settings import Settings
 from tradebeat_pipeline.symbols import SymbolsCursor, history_days, onboarding_runs, plan_symbols
+
+symbols_log = logging.getLogger("tradebeat.symbols")
 
 BEAT_MAX_RUNTIME_S = 180
 
@@ -48,6 +51,7 @@ def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg
     (dagster.yaml), and a beat is skipped while another is still waiting in the queue, so a slow
     exchange never piles beats up; the next beat stores whatever the skipped ones missed.
     """
+    Settings.load().install_logs()
     symbols = context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
     if not symbols:
         return dg.SkipReason("no symbols registered; add one with `tradebeat symbols add BTC/USDT`")
@@ -86,6 +90,7 @@ def symbols_sensor(
     validates them against the exchange, keeps one upper-case spelling, registers them in the
     store and launches ONE backfill run of BACKFILL_MINUTES of history; retires removed ones."""
     settings = Settings.load()
+    settings.install_logs()
     cursor = SymbolsCursor.load(context.cursor)
     partitions = context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
     plan = plan_symbols(list(partitions), list(settings.symbols), cursor)
@@ -103,7 +108,7 @@ def symbols_sensor(
         if raw in partitions and (raw != symbol or reason is not None):
             delete.append(raw)  # a rejected symbol, or a second spelling of one
         if reason is not None:
-            context.log.warning(f"rejected symbol {raw!r}: {reason}")
+            _both(context, logging.WARNING, f"rejected symbol {raw!r}: {reason}")
             continue
         assert symbol is not None
         if symbol in cursor.onboarded:
@@ -130,13 +135,17 @@ def symbols_sensor(
                 },
             )
         )
-        context.log.info(f"onboarded {span}: backfilling {group.first_day}..{group.last_day} as one run")
+        _both(
+            context,
+            logging.INFO,
+            f"onboarded {span}: backfilling {group.first_day}..{group.last_day} as one run",
+        )
 
     for symbol in plan.retired:
         with store.open() as candles:
             candles.deactivate_symbol(symbol)
         cursor.onboarded.discard(symbol)
-        context.log.info(f"retired {symbol}: partition removed, candles kept")
+        _both(context, logging.INFO, f"retired {symbol}: partition removed, candles kept")
 
     requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
     if add:
@@ -144,6 +153,12 @@ def symbols_sensor(
     if delete:
         requests.append(symbols_partitions.build_delete_request(delete))
     return dg.SensorResult(run_requests=runs, dynamic_partitions_requests=requests, cursor=cursor.dump())
+
+
+def _both(context: dg.SensorEvaluationContext, level: int, message: str) -> None:
+    """A sensor line for the tick's log in the UI and for logs/symbols.log."""
+    context.log.log(level, message)
+    symbols_log.log(level, message)
 
 
 async def _validate(exchange: ExchangeResource, raws: list[str]) -> dict[str, tuple[str | None, str | None]]:

@@ -27,7 +27,7 @@ from tradebeat_pipeline.sandbox.market_data import (
 log = logging.getLogger("tradebeat.sandbox")
 
 WEIGHTS = {"ping": 1, "time": 1, "exchangeInfo": 20, "klines": 2, "ticker/24hr": 2}
-FAULT_KINDS = ("not_json", "missing_field", "non_numeric", "http_500", "http_429", "empty")
+FAULT_KINDS = ("not_json", "missing_field", "non_numeric", "http_500", "http_429", "empty", "impossible")
 
 
 class Clock:
@@ -43,8 +43,16 @@ class Clock:
 @dataclass
 class Fault:
     kind: str
-    remaining: int
+    remaining: int | None  # None: until cleared
     symbol: str | None = None  # exchange id (BTCUSDT); None = any symbol
+    window: tuple[int, int] | None = None  # only klines asked from a startTime in [start, end)
+
+    def applies(self, symbol: str, start_ms: int | None) -> bool:
+        if self.remaining is not None and self.remaining <= 0:
+            return False
+        if self.symbol not in (None, symbol):
+            return False
+        return self.window is None or (start_ms is not None and self.window[0] <= start_ms < self.window[1])
 
 
 @dataclass
@@ -60,18 +68,31 @@ class Sandbox:
     _weight_used: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def inject(self, kind: str, count: int = 1, symbol: str | None = None) -> None:
-        """Make the next `count` klines requests (for `symbol`, if given) fail in this way."""
+    def inject(
+        self,
+        kind: str,
+        count: int | None = 1,
+        symbol: str | None = None,
+        window: tuple[int, int] | None = None,
+    ) -> None:
+        """Make the next `count` klines requests (None: every one until `clear_faults`) fail in this
+        way; only for `symbol` and for requests starting inside `window`, when given."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; one of {', '.join(FAULT_KINDS)}")
         with self._lock:
-            self.faults.append(Fault(kind, count, symbol))
+            self.faults.append(Fault(kind, count, symbol, window))
 
-    def _take_fault(self, symbol: str) -> str | None:
+    def clear_faults(self) -> None:
+        """The exchange recovers."""
+        with self._lock:
+            self.faults.clear()
+
+    def _take_fault(self, symbol: str, start_ms: int | None) -> str | None:
         with self._lock:
             for fault in self.faults:
-                if fault.remaining > 0 and fault.symbol in (None, symbol):
-                    fault.remaining -= 1
+                if fault.applies(symbol, start_ms):
+                    if fault.remaining is not None:
+                        fault.remaining -= 1
                     return fault.kind
         return None
 
@@ -177,7 +198,7 @@ class Sandbox:
         rows = market.series.klines(start, end, limit)
         if rows and int(str(rows[-1][0])) + MINUTE_MS > now:
             rows[-1] = partial_kline(rows[-1], now)
-        fault = self._take_fault(market.symbol)
+        fault = self._take_fault(market.symbol, _opt_int(request.query.get("startTime")))
         if fault is not None:
             return _faulty(fault, rows)
         return web.Response(text=json.dumps(rows, separators=(",", ":")), content_type="application/json")
@@ -236,6 +257,12 @@ def _faulty(kind: str, rows: list[Kline]) -> web.Response:
         return _error(429, -1003, "Too many requests.", headers={"Retry-After": "1"})
     if kind == "empty":
         return web.Response(text="[]", content_type="application/json")
+    if kind == "impossible" and len(rows) >= 2:
+        # Well-formed but impossible: the first kline's high below its low, the second's volume < 0.
+        first, second = list(rows[0]), list(rows[1])
+        first[2], first[3] = first[3], first[2]
+        second[5] = "-" + str(second[5])
+        rows = [first, second, *rows[2:]]
     if kind == "missing_field":
         rows = [r[:4] for r in rows] or [[0, "1"]]
     elif kind == "non_numeric":

@@ -1,0 +1,170 @@
+"""Asset checks of `ohlcv_1m`, evaluated in the same step as every materialization (after the IO
+manager has committed), over the run's own partitions. The judgement lives in `quality.py`; this
+module turns it into check results with metadata the asset page can show."""
+
+from collections.abc import Iterator, Sequence
+from datetime import date
+
+import dagster as dg
+import pandas as pd
+
+from tradebeat_pipeline.candles import MINUTE_MS, contiguous_day_runs, day_window, iso_utc
+from tradebeat_pipeline.io_manager import SYMBOL_COLUMN, Ingest
+from tradebeat_pipeline.quality import MAX_LISTED, GapReport, Hole, check_ohlc, covered_by_exchange
+from tradebeat_pipeline.store import SQLiteStore
+
+OHLC_VALID = "ohlc_valid"
+GAPS_EXPLAINED = "gaps_explained"
+FRESH = "fresh"
+
+CHECK_SPECS = [
+    dg.AssetCheckSpec(
+        OHLC_VALID,
+        asset="ohlcv_1m",
+        description="high ≥ max(open, close), low ≤ min(open, close), prices > 0, volume ≥ 0, no NaN, "
+        "minute-aligned open times. Impossible candles are stored as received and named here; "
+        "flat zero-volume (halted) minutes are valid and counted.",
+    ),
+    dg.AssetCheckSpec(
+        GAPS_EXPLAINED,
+        asset="ohlcv_1m",
+        description="Every closed minute of the run's partitions is stored or a hole the exchange "
+        "itself has (kind `exchange`). Holes that are `pending` or `fetch_failed` fail the check.",
+    ),
+    dg.AssetCheckSpec(
+        FRESH,
+        asset="ohlcv_1m",
+        description="Each symbol's newest candle is at most FRESHNESS_MINUTES behind the last closed "
+        "minute of the run's window (WARN when the exchange itself has no candles there).",
+    ),
+]
+
+
+def evaluate(
+    store: SQLiteStore,
+    ingest: Ingest,
+    requested: dict[str, list[date]],
+    *,
+    closed_until_ms: int,
+    freshness_minutes: int,
+) -> Iterator[dg.AssetCheckResult]:
+    """All three checks for what this run wrote, against what is now stored."""
+    yield ohlc_valid(ingest.candles())
+    windows = {
+        symbol: _windows(requested[symbol], closed_until_ms)
+        for symbol in ingest.results
+        if symbol in requested
+    }
+    reports = [store.gap_report(symbol, a, b) for symbol, runs in windows.items() for a, b in runs]
+    yield gaps_explained(reports)
+    yield fresh(store, windows, freshness_minutes)
+
+
+def _windows(days: Sequence[date], closed_until_ms: int) -> list[tuple[int, int]]:
+    """The run's days as [start, end) windows, cut at the last closed minute."""
+    runs = [(day_window(a)[0], min(day_window(b)[1], closed_until_ms)) for a, b in contiguous_day_runs(days)]
+    return [(a, b) for a, b in runs if b > a]
+
+
+def ohlc_valid(candles: pd.DataFrame) -> dg.AssetCheckResult:
+    report = check_ohlc(candles)
+    has_symbol = SYMBOL_COLUMN in candles.columns
+    violations = report.violations
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "checked_candles": report.rows,
+        "violations": len(violations),
+        "halted_minutes": report.halted_minutes,
+    }
+    if len(violations):
+        shown = violations.head(MAX_LISTED).assign(time_utc=lambda f: f["timestamp"].map(iso_utc))
+        columns = ["symbol"] * has_symbol + ["time_utc", "open", "high", "low", "close", "volume", "problem"]
+        metadata["violating_rows"] = dg.MetadataValue.md(_markdown(shown[columns]))
+    if report.halted:
+        metadata["halted"] = dg.MetadataValue.md(
+            "\n".join(
+                f"- {iso_utc(a)} → {iso_utc(b)} ({(b - a) // MINUTE_MS + 1} min, flat, zero volume)"
+                for a, b in report.halted[:MAX_LISTED]
+            )
+        )
+    return dg.AssetCheckResult(
+        check_name=OHLC_VALID,
+        passed=report.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+    )
+
+
+def gaps_explained(reports: Sequence[GapReport]) -> dg.AssetCheckResult:
+    holes = [(r.symbol, h) for r in reports for h in r.holes]
+    unexplained = sum(r.unexplained for r in reports)
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "expected_minutes": sum(r.expected for r in reports),
+        "stored": sum(r.stored for r in reports),
+        "halted": sum(r.halted for r in reports),
+        "explained_minutes": sum(r.explained for r in reports),
+        "unexplained_minutes": unexplained,
+        "holes": len(holes),
+    }
+    if holes:
+        metadata["hole_list"] = dg.MetadataValue.md(_holes_markdown(holes))
+    return dg.AssetCheckResult(
+        check_name=GAPS_EXPLAINED,
+        passed=unexplained == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+    )
+
+
+def fresh(
+    store: SQLiteStore, windows: dict[str, list[tuple[int, int]]], freshness_minutes: int
+) -> dg.AssetCheckResult:
+    """Lag of each symbol's newest candle behind the last closed minute of its window."""
+    ends = {symbol: runs[-1][1] for symbol, runs in windows.items() if runs}
+    listed = store.first_candles(list(ends))
+    lagging: dict[str, str] = {}
+    severity = dg.AssetCheckSeverity.WARN
+    worst = 0
+    for symbol, end in ends.items():
+        last_closed = end - MINUTE_MS
+        first = listed.get(symbol)
+        if first is not None and first > last_closed:
+            continue  # the exchange had no history yet
+        newest = store.newest_candles([symbol], before_ms=end)[symbol]
+        since = newest + MINUTE_MS if newest is not None else windows[symbol][0][0]
+        lag = (last_closed - since) // MINUTE_MS + 1
+        worst = max(worst, lag)
+        if lag <= freshness_minutes:
+            continue
+        by_exchange = covered_by_exchange(store.holes(symbol, since, end), since, last_closed)
+        lagging[symbol] = f"{lag} min behind {iso_utc(last_closed)}" + (
+            " (the exchange has no candles there)" if by_exchange else ""
+        )
+        if not by_exchange:
+            severity = dg.AssetCheckSeverity.ERROR
+    return dg.AssetCheckResult(
+        check_name=FRESH,
+        passed=not lagging,
+        severity=severity,
+        metadata={
+            "freshness_limit_minutes": freshness_minutes,
+            "max_lag_minutes": worst,
+            "lagging": lagging or "none",
+        },
+    )
+
+
+def _holes_markdown(holes: Sequence[tuple[str, Hole]]) -> str:
+    lines = ["| symbol | start | end | minutes | kind |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {s} | {iso_utc(h.start)} | {iso_utc(h.end)} | {h.minutes} | {h.kind} |"
+        for s, h in holes[:MAX_LISTED]
+    ]
+    if len(holes) > MAX_LISTED:
+        lines.append(f"\n…and {len(holes) - MAX_LISTED} more; `tradebeat gaps SYMBOL` lists them all")
+    return "\n".join(lines)
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
