@@ -38,12 +38,13 @@ from tradebeat_pipeline.candles import (
     utc_day,
 )
 from tradebeat_pipeline.definitions import resources
-from tradebeat_pipeline.defs.assets import ohlcv_1m
+from tradebeat_pipeline.defs.assets import ROLLUP_ASSETS, ohlcv_1m
 from tradebeat_pipeline.defs.checks import GAPS_EXPLAINED, OHLC_VALID
 from tradebeat_pipeline.defs.resources import ExchangeResource
 from tradebeat_pipeline.exchange import ExchangeFailure
 from tradebeat_pipeline.partitions import BEAT_MINUTE_TAG, KIND_TAG, SYMBOLS_PARTITIONS_NAME, range_tags
 from tradebeat_pipeline.quality import UNEXPLAINED, GapReport
+from tradebeat_pipeline.rollups import TIMEFRAMES, export_parquet, rollup
 from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME, PROJECT_DIR, Settings, SettingsError
 from tradebeat_pipeline.store import SQLiteStore, StoreError, UnknownSymbol
 
@@ -133,6 +134,14 @@ def _parser() -> argparse.ArgumentParser:
         "--repair", action="store_true", help="refetch the days with unexplained holes as ONE run first"
     )
     gaps.set_defaults(run=gaps_command)
+
+    export = commands.add_parser("export", help="write candles or rollups as zstd Parquet (DuckDB)")
+    export.add_argument("symbol", metavar="SYMBOL")
+    export.add_argument("--start", required=True, metavar="YYYY-MM-DD")
+    export.add_argument("--end", required=True, metavar="YYYY-MM-DD", help="inclusive")
+    export.add_argument("--timeframe", choices=list(TIMEFRAMES), default="1m")
+    export.add_argument("--out", required=True, type=Path, metavar="FILE.parquet")
+    export.set_defaults(run=export_command)
 
     demo = commands.add_parser(
         "demo", help="run everything offline: sandbox exchange (live replay) + Dagster UI and daemon"
@@ -357,7 +366,7 @@ def run_backfill(
     days = (end - start).days + 1
     print(f"{symbol}: backfilling {start}..{end} ({days} day{'s' * (days != 1)}) as one run", file=out)
     result = dg.materialize(
-        [ohlcv_1m],
+        [ohlcv_1m, *ROLLUP_ASSETS],
         instance=dagster,
         resources=resources(),
         tags={**range_tags((start, symbol), (end, symbol)), "tradebeat/kind": "backfill"},
@@ -378,8 +387,9 @@ def run_backfill(
         return EXIT_FAILED
     metadata: dict[str, Any] = {}
     for event in result.get_asset_materialization_events():
-        metadata = {k: v.value for k, v in event.materialization.metadata.items()}
-        break
+        if event.asset_key == ohlcv_1m.key:
+            metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+            break
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     gaps = checks[GAPS_EXPLAINED].metadata
     explained = gaps["explained_minutes"].value
@@ -429,6 +439,28 @@ def gaps_command(args: argparse.Namespace, settings: Settings) -> int:
     else:
         _print_gaps(report, start, end)
     return EXIT_OK if report.unexplained == 0 else EXIT_FAILED
+
+
+def export_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Stored 1-minute candles of the range, rolled up on the fly for 5m/1h/1d (same code as the
+    rollup assets), so an export is never staler than the candles."""
+    symbol = normalize_symbol(args.symbol)
+    start, end = _day_range(args.start, args.end)
+    if args.out.suffix != ".parquet":
+        raise Refused(f"--out {args.out}: expected a .parquet file name")
+    now = int(time.time() * 1000)
+    window = (day_window(start)[0], min(day_window(end)[1], now - now % MINUTE_MS))
+    with SQLiteStore(settings.db_path) as store:
+        try:
+            candles = store.read_candles(symbol, *window)
+        except UnknownSymbol as exc:
+            raise Refused(str(exc)) from None
+    frame = candles if args.timeframe == "1m" else rollup(candles, args.timeframe, *window)
+    size = export_parquet(frame, args.out)
+    print(
+        f"{symbol}: {len(frame)} {args.timeframe} rows {start}..{end} written to {args.out} ({size:,} bytes)"
+    )
+    return EXIT_OK
 
 
 def _gap_report(store: SQLiteStore, symbol: str, start: date, end: date) -> GapReport:

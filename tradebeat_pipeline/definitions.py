@@ -2,10 +2,19 @@
 
 import dagster as dg
 
-from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.defs.automation import candles_job, heartbeat, symbols_sensor
+from tradebeat_pipeline.defs.assets import ROLLUP_ASSETS, ohlcv_1m, price_chart
+from tradebeat_pipeline.defs.automation import (
+    backfill_job,
+    candles_job,
+    chart_job,
+    chart_schedule,
+    heartbeat,
+    rollups_job,
+    rollups_schedule,
+    symbols_sensor,
+)
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
-from tradebeat_pipeline.io_manager import CandleIOManager
+from tradebeat_pipeline.io_manager import CandleIOManager, RollupIOManager
 
 
 def resources() -> dict[str, object]:
@@ -14,13 +23,14 @@ def resources() -> dict[str, object]:
         "exchange": ExchangeResource(),
         "store": StoreResource(),
         "candle_io_manager": CandleIOManager(),
+        "rollup_io_manager": RollupIOManager(),
     }
 
 
 defs = dg.Definitions(
-    assets=[ohlcv_1m],
-    jobs=[candles_job],
-    schedules=[heartbeat],
+    assets=[ohlcv_1m, *ROLLUP_ASSETS, price_chart],
+    jobs=[candles_job, backfill_job, rollups_job, chart_job],
+    schedules=[heartbeat, rollups_schedule, chart_schedule],
     sensors=[symbols_sensor],
     resources=resources(),
 )

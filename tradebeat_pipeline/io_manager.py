@@ -182,3 +182,37 @@ def expected_minutes(days: Sequence[date], now_ms: int | None = None) -> int:
         start, end = day_window(day)
         total += max(0, min(end, closed_until) - start) // MINUTE_MS
     return total
+
+
+class RollupIOManager(dg.ConfigurableIOManager):
+    """Writes an asset's rollup buckets (timeframe from its definition metadata), one transaction
+    per output, keyed by (symbol, timeframe, bucket)."""
+
+    db_path: str | None = None
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        timeframe = str(context.definition_metadata["timeframe"])
+        batches = [
+            (str(symbol), timeframe, frame.drop(columns=SYMBOL_COLUMN))
+            for symbol, frame in obj.groupby(SYMBOL_COLUMN, sort=False)
+        ]
+        with SQLiteStore(resolve_db_path(self.db_path)) as store:
+            written = store.upsert_rollups(batches)
+        context.add_output_metadata(
+            {
+                "buckets": written,
+                "incomplete_buckets": int((~obj["complete"]).sum()) if len(obj) else 0,
+                "timeframe": timeframe,
+            }
+        )
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        timeframe = str(context.upstream_output.definition_metadata["timeframe"])  # type: ignore[union-attr]
+        requested = days_by_symbol(context.asset_partition_keys)
+        frames: list[pd.DataFrame] = []
+        with SQLiteStore(resolve_db_path(self.db_path)) as store:
+            for symbol, days in requested.items():
+                for first, last in contiguous_day_runs(days):
+                    frame = store.read_rollups(symbol, timeframe, day_window(first)[0], day_window(last)[1])
+                    frames.append(frame.assign(**{SYMBOL_COLUMN: symbol}))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -20,6 +20,7 @@ DEFAULT_API_URL = "https://api.binance.com"
 DEFAULT_DB_PATH = PROJECT_DIR / "data" / "tradebeat.sqlite"
 DEFAULT_DAGSTER_HOME = PROJECT_DIR / "dagster_home"
 DEFAULT_LOG_DIR = PROJECT_DIR / "logs"
+DEFAULT_CHARTS_DIR = PROJECT_DIR / "charts"
 
 
 class SettingsError(ValueError):
@@ -43,6 +44,9 @@ class Settings:
     log_dir: Path = DEFAULT_LOG_DIR
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 5
+    charts_dir: Path = DEFAULT_CHARTS_DIR
+    chart_days: int = 30
+    chart_window_hours: int = 24
 
     def __repr__(self) -> str:
         # Keys must never reach a log line or an exception message, even by accident.
@@ -94,6 +98,9 @@ class Settings:
             log_dir=_project_path(get("LOG_DIR"), DEFAULT_LOG_DIR),
             log_max_bytes=_positive_int("LOG_MAX_BYTES", get("LOG_MAX_BYTES"), 10 * 1024 * 1024),
             log_backups=_positive_int("LOG_BACKUPS", get("LOG_BACKUPS"), 5),
+            charts_dir=_project_path(get("CHARTS_DIR"), DEFAULT_CHARTS_DIR),
+            chart_days=_positive_int("CHART_DAYS", get("CHART_DAYS"), 30),
+            chart_window_hours=_positive_int("CHART_WINDOW_HOURS", get("CHART_WINDOW_HOURS"), 24),
         )
 
     def install_logs(self) -> None:

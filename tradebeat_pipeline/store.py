@@ -30,10 +30,11 @@ from tradebeat_pipeline.quality import (
     missing_runs,
     outside,
 )
+from tradebeat_pipeline.rollups import ROLLUP_COLUMNS, ROLLUP_TIMEFRAMES
 
 log = logging.getLogger("tradebeat.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 # Holes in the stored minutes and why they are there (see quality.py); `start` and `end` are the
@@ -46,6 +47,25 @@ CREATE TABLE IF NOT EXISTS gaps (
     kind TEXT NOT NULL CHECK (kind IN ({", ".join(repr(k) for k in GAP_KINDS)})),
     detected_at INTEGER NOT NULL,
     PRIMARY KEY (symbol_id, start)
+) WITHOUT ROWID
+"""
+
+# 5m/1h/1d candles rolled up from price_data (rollups.py); `minutes` of the bucket had a candle.
+_ROLLUPS_TABLE = f"""
+CREATE TABLE IF NOT EXISTS rollups (
+    symbol_id INTEGER NOT NULL REFERENCES symbols(id),
+    timeframe TEXT NOT NULL CHECK (timeframe IN ({", ".join(repr(t) for t in ROLLUP_TIMEFRAMES)})),
+    timestamp INTEGER NOT NULL,
+    open REAL,
+    high REAL,
+    low REAL,
+    close REAL,
+    volume REAL,
+    quote_volume REAL,
+    trades INTEGER,
+    minutes INTEGER NOT NULL,
+    complete INTEGER NOT NULL,
+    PRIMARY KEY (symbol_id, timeframe, timestamp)
 ) WITHOUT ROWID
 """
 
@@ -78,10 +98,12 @@ SELECT s.symbol AS symbol,
        p.open, p.high, p.low, p.close, p.volume
 FROM price_data AS p JOIN symbols AS s ON s.id = p.symbol_id;
 {_GAPS_TABLE};
+{_ROLLUPS_TABLE};
 """
 # Steps from each older version to the next, run in one transaction with the version bump.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE symbols ADD COLUMN first_candle_ms INTEGER", _GAPS_TABLE),
+    2: (_ROLLUPS_TABLE,),
 }
 
 _VALUE_COLUMNS = CANDLE_COLUMNS[1:]
@@ -116,6 +138,14 @@ def _kind(text: str) -> GapKind:
     if text not in GAP_KINDS:
         raise StoreError(f"gaps table holds an unknown kind {text!r}")
     return text
+
+
+_UPSERT_ROLLUP_SQL = (
+    f"INSERT INTO rollups (symbol_id, timeframe, {', '.join(ROLLUP_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in range(len(ROLLUP_COLUMNS) + 2))}) "
+    "ON CONFLICT(symbol_id, timeframe, timestamp) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in ROLLUP_COLUMNS[1:])
+)
 
 
 class StoreError(RuntimeError):
@@ -263,7 +293,7 @@ class SQLiteStore:
             if version == 0:
                 foreign = conn.execute(
                     "SELECT count(*) FROM sqlite_master WHERE name NOT IN "
-                    "('symbols', 'price_data', 'candles', 'gaps')"
+                    "('symbols', 'price_data', 'candles', 'gaps', 'rollups')"
                 ).fetchone()[0]
                 if foreign:
                     raise StoreError(
@@ -534,6 +564,28 @@ class SQLiteStore:
             newest[symbol] = None if row is None or row[0] is None else int(row[0])
         return newest
 
+    def upsert_rollups(self, batches: Sequence[tuple[str, str, pd.DataFrame]]) -> int:
+        """(symbol, timeframe, buckets) batches in ONE transaction; a bucket is replaced whole."""
+        written = 0
+        with self.transaction() as conn:
+            for symbol, timeframe, frame in batches:
+                sid = self._symbol_id_in(conn, symbol)
+                rows = _records(frame.loc[:, list(ROLLUP_COLUMNS)])
+                conn.executemany(_UPSERT_ROLLUP_SQL, [(sid, timeframe, *r) for r in rows])
+                written += len(rows)
+        return written
+
+    def read_rollups(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        """Stored buckets with open time in [start_ms, end_ms), oldest first."""
+        rows = self.conn.execute(
+            f"SELECT {', '.join(ROLLUP_COLUMNS)} FROM rollups WHERE symbol_id = ? AND timeframe = ? "
+            "AND timestamp >= ? AND timestamp < ? ORDER BY timestamp",
+            (self.symbol_id(symbol), timeframe, start_ms, end_ms),
+        ).fetchall()
+        frame = pd.DataFrame.from_records(rows, columns=list(ROLLUP_COLUMNS))
+        frame["complete"] = frame["complete"].astype(bool)
+        return frame
+
     def candle_span(self, symbol: str) -> tuple[int | None, int | None]:
         """Open times of a symbol's oldest and newest stored candles. Two queries on purpose: SQLite
         answers a lone min() or max() with one primary-key lookup, but both together with a scan."""
@@ -554,6 +606,17 @@ class SQLiteStore:
             (self.symbol_id(symbol), start_ms, end_ms),
         ).fetchone()
         return int(row[0])
+
+
+def _records(frame: pd.DataFrame) -> list[tuple[object, ...]]:
+    """Rows as plain Python values for sqlite3; NaN/NA become NULL, booleans 0/1."""
+    columns: list[list[object]] = []
+    for c in frame.columns:
+        series = frame[c]
+        if series.dtype == bool:
+            series = series.astype(int)
+        columns.append(series.astype(object).where(series.notna(), None).tolist())
+    return list(zip(*columns, strict=True))
 
 
 def _rows(sid: int, candles: pd.DataFrame, ingested_at: int) -> Iterator[tuple[object, ...]]:

@@ -9,21 +9,25 @@ from dataclasses import replace
 from datetime import date
 
 import dagster as dg
+import pandas as pd
 
-from tradebeat_pipeline.candles import MINUTE_MS, day_window, iso_utc
+from tradebeat_pipeline.candles import DAY_MS, MINUTE_MS, contiguous_day_runs, day_window, iso_utc
+from tradebeat_pipeline.chart import SymbolChart, build_figure, write_page
 from tradebeat_pipeline.defs.checks import CHECK_SPECS, evaluate
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
 from tradebeat_pipeline.exchange import CcxtExchange, FetchResult, fetch_days, merge_results
 from tradebeat_pipeline.heartbeat import beat_windows, fetch_windows, wait_until_closed
-from tradebeat_pipeline.io_manager import Ingest
+from tradebeat_pipeline.io_manager import SYMBOL_COLUMN, Ingest
 from tradebeat_pipeline.partitions import BEAT_MINUTE_TAG, candle_partitions, days_by_symbol
 from tradebeat_pipeline.quality import FETCH_FAILED, PENDING, GapKind, Hole, holes_to_probe
+from tradebeat_pipeline.rollups import ROLLUP_COLUMNS, ROLLUP_TIMEFRAMES, rollup
 from tradebeat_pipeline.settings import Settings
 
 # Component loggers: their lines go to logs/<component>.log and, inside runs, to the run's log in
 # the UI (`tradebeat` is a managed Python logger of the instance).
 backfill_log = logging.getLogger("tradebeat.backfill")
 beat_log = logging.getLogger("tradebeat.heartbeat")
+chart_log = logging.getLogger("tradebeat.chart")
 
 # BackfillPolicy.single_run() is marked beta; it is the documented way to load a range as one run.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
@@ -184,3 +188,96 @@ async def _first_candles(client: CcxtExchange, symbols: list[str]) -> dict[str, 
                 "%s: could not ask where its history begins (%s); asking again next run", symbol, exc
             )
     return found
+
+
+def _rollup_asset(timeframe: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"ohlcv_{timeframe}",
+        partitions_def=candle_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        io_manager_key="rollup_io_manager",
+        group_name="candles",
+        kinds={"duckdb", "sqlite"},
+        metadata={"timeframe": timeframe},
+        ins={"candles": dg.AssetIn("ohlcv_1m")},
+        description=f"{timeframe} candles rolled up from the 1-minute candles with DuckDB: first open, "
+        "max high, min low, last close, summed volume; every bucket of the days appears, and one "
+        "missing minutes is marked incomplete (`minutes`, `complete`), never hidden.",
+    )
+    def rollup_asset(context: dg.AssetExecutionContext, candles: pd.DataFrame) -> pd.DataFrame:
+        now = int(time.time() * 1000)
+        closed_until = now - now % MINUTE_MS
+        frames = []
+        for symbol, days in days_by_symbol(context.partition_keys).items():
+            own = candles[candles[SYMBOL_COLUMN] == symbol]
+            for first, last in contiguous_day_runs(days):
+                start, end = day_window(first)[0], min(day_window(last)[1], closed_until)
+                if end > start:
+                    in_run = own[(own["timestamp"] >= start) & (own["timestamp"] < end)]
+                    frames.append(rollup(in_run, timeframe, start, end).assign(**{SYMBOL_COLUMN: symbol}))
+        return (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame(columns=[*ROLLUP_COLUMNS, SYMBOL_COLUMN])
+        )
+
+    return rollup_asset
+
+
+ohlcv_5m, ohlcv_1h, ohlcv_1d = (_rollup_asset(t) for t in ROLLUP_TIMEFRAMES)
+ROLLUP_ASSETS = [ohlcv_5m, ohlcv_1h, ohlcv_1d]
+
+
+@dg.asset(
+    deps=[ohlcv_1m],
+    group_name="charts",
+    kinds={"plotly", "html"},
+    description="One interactive HTML page: all symbols on a log axis (hourly rollups over CHART_DAYS), "
+    "then candlesticks + volume per symbol over CHART_WINDOW_HOURS; the exchange's own holes shaded.",
+)
+def price_chart(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    settings = Settings.load()
+    settings.install_logs()
+    charts: list[SymbolChart] = []
+    with store.open() as candles:
+        symbols = sorted(candles.active_symbols())
+        newest = [t for t in candles.newest_candles(symbols).values() if t is not None]
+        if not newest:
+            raise dg.Failure("no candles stored yet; add a symbol first")
+        end = max(newest) + MINUTE_MS  # the data's own end: a chart of history is a chart too
+        start = end - end % DAY_MS - (settings.chart_days - 1) * DAY_MS
+        recent_start = end - settings.chart_window_hours * 60 * MINUTE_MS
+        for symbol in symbols:
+            minutes = candles.read_candles(symbol, start, end)
+            charts.append(
+                SymbolChart(
+                    symbol,
+                    overview=rollup(minutes, "1h", start, end),
+                    recent=minutes[minutes["timestamp"] >= recent_start],
+                    holes=candles.holes(symbol, start, end),
+                )
+            )
+    path = settings.charts_dir / "price_chart.html"
+    size = write_page(build_figure(charts, title=f"tradebeat — up to {iso_utc(end - MINUTE_MS)}"), path)
+    chart_log.info("chart of %d symbols written to %s (%d bytes)", len(charts), path, size)
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "open": dg.MetadataValue.url(path.resolve().as_uri()),
+            "page_bytes": size,
+            "symbols": len(charts),
+            "preview": dg.MetadataValue.md(_preview(charts)),
+        }
+    )
+
+
+def _preview(charts: list[SymbolChart]) -> str:
+    lines = ["| symbol | last close | change over the window |", "|---|---|---|"]
+    for c in charts:
+        closes = c.recent["close"].dropna()
+        if len(closes):
+            change = (closes.iloc[-1] / closes.iloc[0] - 1) * 100
+            lines.append(f"| {c.symbol} | {closes.iloc[-1]:,.2f} | {change:+.2f}% |")
+        else:
+            lines.append(f"| {c.symbol} | - | - |")
+    return "\n".join(lines)

@@ -8,7 +8,7 @@ from datetime import UTC, date
 import dagster as dg
 
 from tradebeat_pipeline.candles import MINUTE_MS, SymbolError, normalize_symbol
-from tradebeat_pipeline.defs.assets import ohlcv_1m
+from tradebeat_pipeline.defs.assets import ROLLUP_ASSETS, ohlcv_1m, price_chart
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
 from tradebeat_pipeline.exchange import SymbolNotListed, SymbolNotTrading
 from tradebeat_pipeline.heartbeat import beat_days
@@ -29,11 +29,53 @@ symbols_log = logging.getLogger("tradebeat.symbols")
 BEAT_MAX_RUNTIME_S = 180
 
 # One step, so the in-process executor: it starts a run in about half the time of multiprocess.
+# The heartbeat's job: candles only, every minute.
 candles_job = dg.define_asset_job(
     "candles_job",
     selection=[ohlcv_1m],
     partitions_def=candle_partitions,
     executor_def=dg.in_process_executor,
+)
+# History (onboarding, `tradebeat backfill`): candles, then their rollups, in the same run.
+backfill_job = dg.define_asset_job(
+    "backfill_job",
+    selection=[ohlcv_1m, *ROLLUP_ASSETS],
+    partitions_def=candle_partitions,
+    executor_def=dg.in_process_executor,
+)
+rollups_job = dg.define_asset_job(
+    "rollups_job",
+    selection=ROLLUP_ASSETS,
+    partitions_def=candle_partitions,
+    executor_def=dg.in_process_executor,
+)
+chart_job = dg.define_asset_job("chart_job", selection=[price_chart], executor_def=dg.in_process_executor)
+
+
+@dg.schedule(
+    cron_schedule="*/15 * * * *",
+    execution_timezone="UTC",
+    job=rollups_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def rollups_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    """Every 15 minutes, today's 5m/1h/1d buckets of every symbol as ONE run (not every beat)."""
+    symbols = context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
+    if not symbols:
+        return dg.SkipReason("no symbols registered")
+    day = context.scheduled_execution_time.astimezone(UTC).date()
+    return dg.RunRequest(
+        run_key=f"rollups-{context.scheduled_execution_time.isoformat()}",
+        tags={**range_tags((day, symbols[0]), (day, symbols[-1])), KIND_TAG: "rollups"},
+    )
+
+
+chart_schedule = dg.ScheduleDefinition(
+    name="chart_schedule",
+    cron_schedule="5-59/15 * * * *",  # between the rollup runs
+    execution_timezone="UTC",
+    job=chart_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 
 
@@ -82,7 +124,7 @@ def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg
     )
 
 
-@dg.sensor(job=candles_job, minimum_interval_seconds=15, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(job=backfill_job, minimum_interval_seconds=15, default_status=dg.DefaultSensorStatus.RUNNING)
 def symbols_sensor(
     context: dg.SensorEvaluationContext, exchange: ExchangeResource, store: StoreResource
 ) -> dg.SensorResult:

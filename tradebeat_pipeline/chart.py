@@ -1,0 +1,113 @@
+"""The price chart as one self-contained Plotly HTML page (no Dagster inside).
+
+Top: every symbol's close on one log-scale axis, downsampled to hourly rollups, each line starting
+where its data starts. Below: per symbol, candlesticks and volume for the recent window, with a range
+selector. Explained holes (the exchange has no candles) are shaded; a line never bridges a hole.
+plotly.js is written once beside the page, so it opens offline and the page itself stays small.
+"""
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from tradebeat_pipeline.candles import MINUTE_MS
+from tradebeat_pipeline.quality import EXCHANGE, Hole
+
+
+@dataclass(frozen=True)
+class SymbolChart:
+    symbol: str
+    overview: pd.DataFrame  # rollup buckets (timestamp, close, ...), empty buckets as NaN
+    recent: pd.DataFrame  # 1-minute candles of the recent window
+    holes: list[Hole] = field(default_factory=list)
+
+
+def _times(ms: pd.Series) -> pd.Series:
+    return pd.to_datetime(ms, unit="ms", utc=True)
+
+
+def _when(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def build_figure(charts: list[SymbolChart], *, title: str) -> go.Figure:
+    rows = 1 + 2 * len(charts)
+    heights = [3.0] + [2.0, 0.7] * len(charts)
+    titles = ["All symbols: close, hourly, log scale"]
+    for c in charts:
+        titles += [f"{c.symbol}: 1-minute candles", f"{c.symbol}: volume"]
+    fig = make_subplots(
+        rows=rows, cols=1, row_heights=heights, vertical_spacing=0.25 / rows, subplot_titles=titles
+    )
+    for c in charts:
+        overview = c.overview.dropna(subset=["close"], how="all")
+        if len(overview):  # the line starts at the symbol's first bucket; NaN buckets break it
+            first = overview["timestamp"].iloc[0]
+            own = c.overview[c.overview["timestamp"] >= first]
+            fig.add_trace(
+                go.Scatter(
+                    x=_times(own["timestamp"]), y=own["close"], name=c.symbol, mode="lines", connectgaps=False
+                ),
+                row=1,
+                col=1,
+            )
+    fig.update_yaxes(type="log", row=1, col=1)
+    for i, c in enumerate(charts):
+        price_row, volume_row = 2 + 2 * i, 3 + 2 * i
+        r = c.recent
+        x = _times(r["timestamp"])
+        fig.add_trace(
+            go.Candlestick(
+                x=x,
+                open=r["open"],
+                high=r["high"],
+                low=r["low"],
+                close=r["close"],
+                name=c.symbol,
+                showlegend=False,
+            ),
+            row=price_row,
+            col=1,
+        )
+        fig.add_trace(
+            go.Bar(x=x, y=r["volume"], name=f"{c.symbol} volume", showlegend=False, marker_color="#7f8c8d"),
+            row=volume_row,
+            col=1,
+        )
+        fig.update_xaxes(
+            rangeslider_visible=False,
+            rangeselector={
+                "buttons": [
+                    {"count": 1, "label": "1h", "step": "hour", "stepmode": "backward"},
+                    {"count": 6, "label": "6h", "step": "hour", "stepmode": "backward"},
+                    {"step": "all", "label": "all"},
+                ]
+            },
+            row=price_row,
+            col=1,
+        )
+        for hole in c.holes:
+            if hole.kind == EXCHANGE:
+                for row in (1, price_row, volume_row):
+                    fig.add_vrect(
+                        x0=_when(hole.start),
+                        x1=_when(hole.end + MINUTE_MS),
+                        fillcolor="#e67e22",
+                        opacity=0.2,
+                        line_width=0,
+                        row=row,
+                        col=1,
+                    )
+    fig.update_layout(title=title, height=500 + 420 * len(charts), template="plotly_white", hovermode="x")
+    return fig
+
+
+def write_page(fig: go.Figure, path: Path) -> int:
+    """Write the page (plotly.min.js once, beside it); returns the page's own size in bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs="directory", full_html=True)
+    return path.stat().st_size

@@ -1,0 +1,101 @@
+"""The rollup assets and the chart asset, after a real backfill of the recorded outage day."""
+
+import re
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tradebeat_pipeline.cli import main
+from tradebeat_pipeline.definitions import resources
+from tradebeat_pipeline.defs.assets import price_chart
+from tradebeat_pipeline.sandbox.server import Sandbox
+from tradebeat_pipeline.settings import PROJECT_DIR
+from tradebeat_pipeline_tests.conftest import ms
+
+SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+
+
+@pytest.fixture
+def outage_day(env: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The three symbols backfilled for 2023-03-24 (candles + rollups, one run each); returns DB_PATH."""
+    monkeypatch.setenv("CHARTS_DIR", str(env.parent / "charts"))
+    assert main(["symbols", "add", *SYMBOLS]) == 0
+    for symbol in SYMBOLS:
+        assert main(["backfill", symbol, "--start", "2023-03-24", "--end", "2023-03-24"]) == 0
+    return env
+
+
+def test_a_backfill_stores_every_rollup_bucket_of_its_days(outage_day: Path) -> None:
+    with sqlite3.connect(outage_day) as conn:
+        counts = dict(
+            conn.execute(
+                "SELECT timeframe, count(*) FROM rollups JOIN symbols ON symbols.id = symbol_id "
+                "WHERE symbol = 'BTC/USDT' GROUP BY timeframe"
+            ).fetchall()
+        )
+        outage_hour = conn.execute(
+            "SELECT minutes, complete FROM rollups WHERE timeframe = '1h' AND timestamp = ? AND symbol_id = "
+            "(SELECT id FROM symbols WHERE symbol = 'BTC/USDT')",
+            (ms("2023-03-24T13:00:00Z"),),
+        ).fetchone()
+    conn.close()
+    assert counts == {"5m": 288, "1h": 24, "1d": 1}
+    assert outage_hour == (0, 0)
+
+
+def chart(instance: dg.DagsterInstance) -> tuple[Path, dict[str, object]]:
+    result = dg.materialize([price_chart], instance=instance, resources=resources())
+    assert result.success
+    (event,) = result.get_asset_materialization_events()
+    metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+    return Path(str(metadata["path"])), metadata
+
+
+def test_the_chart_is_one_offline_page_with_every_symbol_on_a_log_axis(
+    outage_day: Path, instance: dg.DagsterInstance
+) -> None:
+    page, metadata = chart(instance)
+    assert page.is_file()
+    assert (page.parent / "plotly.min.js").is_file()  # written beside it: opens with no network
+    html = page.read_text()
+    assert all(symbol.replace("/", "\\u002f") in html for symbol in SYMBOLS)  # JSON-escaped by plotly
+    assert re.search(r'"yaxis":\{[^{}]*"type":"log"', html)
+    assert "2023-03-24T12:40:00" in html  # the exchange's own hole is shaded
+    assert metadata["open"] == page.resolve().as_uri()
+    assert metadata["page_bytes"] == page.stat().st_size
+    assert "| BTC/USDT |" in str(metadata["preview"])
+
+
+def test_the_chart_page_renders_in_headless_chromium(outage_day: Path, instance: dg.DagsterInstance) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`.ci/run` installs it: apt-get install chromium)")
+    page, _ = chart(instance)
+    png = outage_day.parent / "chart.png"
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={outage_day.parent / 'chromium'}",
+            "--window-size=1400,2200",
+            "--virtual-time-budget=5000",
+            f"--screenshot={png}",
+            page.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert png.stat().st_size > 50_000  # a drawn chart, not a blank page
+    docs = PROJECT_DIR / "docs" / "chart.png"
+    if docs.parent.is_dir():
+        shutil.copy(png, docs)  # the README's picture is the one this test just rendered
