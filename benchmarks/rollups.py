@@ -92,7 +92,8 @@ def main() -> None:
         print(f"1 year x 1 symbol = {YEAR:,} candles (synthetic), SQLite WAL, one file")
         print(f"  write (one transaction)   {write_s:6.2f} s   {YEAR / write_s:>12,.0f} candles/s")
         print(
-            f"  SQLite read to a frame    {read_s:6.2f} s   {YEAR / read_s:>12,.0f} candles/s   (target >= 1,000,000)"
+            f"  SQLite read to a frame    {read_s:6.2f} s   {YEAR / read_s:>12,.0f} candles/s   "
+            "(target >= 1,000,000)"
         )
         end = YEAR_START + 365 * DAY_MS
         for tf in ROLLUP_TIMEFRAMES:

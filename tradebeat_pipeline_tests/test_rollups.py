@@ -37,15 +37,16 @@ def outage_day() -> pd.DataFrame:
 
 def by_hand(candles: pd.DataFrame, start: int, minutes: int) -> tuple[object, ...]:
     """One bucket computed with plain Python: first open, max high, min low, last close, sum volume."""
-    rows = [r for r in candles.itertuples(index=False) if start <= r.timestamp < start + minutes * 60_000]
+    columns = [candles[c].tolist() for c in ("timestamp", "open", "high", "low", "close", "volume")]
+    rows = [r for r in zip(*columns, strict=True) if start <= int(r[0]) < start + minutes * 60_000]
     if not rows:
         return (None, None, None, None, None, 0, False)
     return (
-        rows[0].open,
-        max(r.high for r in rows),
-        min(r.low for r in rows),
-        rows[-1].close,
-        sum(r.volume for r in rows),
+        rows[0][1],
+        max(r[2] for r in rows),
+        min(r[3] for r in rows),
+        rows[-1][4],
+        sum(r[5] for r in rows),
         len(rows),
         len(rows) == minutes,
     )

@@ -51,7 +51,7 @@ def chart(instance: dg.DagsterInstance) -> tuple[Path, dict[str, object]]:
     result = dg.materialize([price_chart], instance=instance, resources=resources())
     assert result.success
     (event,) = result.get_asset_materialization_events()
-    metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+    metadata: dict[str, object] = {k: v.value for k, v in event.materialization.metadata.items()}
     return Path(str(metadata["path"])), metadata
 
 
