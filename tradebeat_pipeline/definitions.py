@@ -9,6 +9,8 @@ from tradebeat_pipeline.defs.automation import (
     chart_job,
     chart_schedule,
     heartbeat,
+    retention_job,
+    retention_schedule,
     rollups_job,
     rollups_schedule,
     symbols_sensor,
@@ -29,8 +31,8 @@ def resources() -> dict[str, object]:
 
 defs = dg.Definitions(
     assets=[ohlcv_1m, *ROLLUP_ASSETS, price_chart],
-    jobs=[candles_job, backfill_job, rollups_job, chart_job],
-    schedules=[heartbeat, rollups_schedule, chart_schedule],
+    jobs=[candles_job, backfill_job, rollups_job, chart_job, retention_job],
+    schedules=[heartbeat, rollups_schedule, chart_schedule, retention_schedule],
     sensors=[symbols_sensor],
     resources=resources(),
 )

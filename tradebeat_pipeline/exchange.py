@@ -33,6 +33,8 @@ from tradebeat_pipeline.quality import Coverage, failed_coverage
 log = logging.getLogger("tradebeat.exchange")
 
 PAGE_LIMIT = 1000
+# Times an empty page is asked again before its minutes are taken as missing (then: pending holes).
+EMPTY_REASKS = 2
 # Binance's own REQUEST_WEIGHT budget, used when the exchange does not declare one.
 DEFAULT_WEIGHT_PER_MINUTE = 6000
 # ccxt's binance cost unit: rateLimit 50 ms per unit is exactly 6,000 weight a minute (1 unit = 5 weight).
@@ -287,6 +289,13 @@ class CcxtExchange:
         try:
             while since < end_ms:
                 page, close_times = await self._klines(market_id, symbol, since, end_ms - 1, PAGE_LIMIT)
+                for _ in range(EMPTY_REASKS):
+                    if not page.empty:
+                        break
+                    # An empty answer is either a real hole up to the chunk's end or a glitch; a
+                    # glitch rarely repeats, a hole always does. Asked again, the hole is still pending.
+                    await asyncio.sleep(self.backoff_s)
+                    page, close_times = await self._klines(market_id, symbol, since, end_ms - 1, PAGE_LIMIT)
                 if page.empty:
                     break
                 times = page["timestamp"]

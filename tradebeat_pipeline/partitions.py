@@ -30,6 +30,12 @@ def partition_key(day: date, symbol: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({DATE_DIMENSION: day.isoformat(), SYMBOL_DIMENSION: symbol})
 
 
+def parse_partition_key(key: str) -> tuple[date, str]:
+    """(day, symbol) of a `2026-01-02|BTC/USDT` key; ValueError if it is not one."""
+    dims = candle_partitions.get_partition_key_from_str(key).keys_by_dimension
+    return date.fromisoformat(dims[DATE_DIMENSION]), dims[SYMBOL_DIMENSION]
+
+
 def days_by_symbol(keys: Iterable[str]) -> dict[str, list[date]]:
     """Group a run's partition keys by symbol, each with its days in order."""
     grouped: dict[str, set[date]] = defaultdict(set)

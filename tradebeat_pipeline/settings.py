@@ -38,6 +38,7 @@ class Settings:
     log_level: str = "INFO"
     retry_attempts: int = 6
     retry_backoff_seconds: float = 0.5
+    timeout_seconds: float = 10.0
     rate_budget_share: float = 0.5
     symbols: tuple[str, ...] = ()
     freshness_minutes: int = 2
@@ -47,6 +48,7 @@ class Settings:
     charts_dir: Path = DEFAULT_CHARTS_DIR
     chart_days: int = 30
     chart_window_hours: int = 24
+    run_retention_days: int = 2
 
     def __repr__(self) -> str:
         # Keys must never reach a log line or an exception message, even by accident.
@@ -92,6 +94,7 @@ class Settings:
             retry_backoff_seconds=_seconds(
                 "EXCHANGE_RETRY_BACKOFF_SECONDS", get("EXCHANGE_RETRY_BACKOFF_SECONDS"), 0.5, 60
             ),
+            timeout_seconds=_seconds("EXCHANGE_TIMEOUT_SECONDS", get("EXCHANGE_TIMEOUT_SECONDS"), 10.0, 120),
             rate_budget_share=_share(get("RATE_BUDGET_SHARE")),
             symbols=tuple(s.strip() for s in (get("SYMBOLS") or "").split(",") if s.strip()),
             freshness_minutes=_positive_int("FRESHNESS_MINUTES", get("FRESHNESS_MINUTES"), 2),
@@ -101,6 +104,7 @@ class Settings:
             charts_dir=_project_path(get("CHARTS_DIR"), DEFAULT_CHARTS_DIR),
             chart_days=_positive_int("CHART_DAYS", get("CHART_DAYS"), 30),
             chart_window_hours=_positive_int("CHART_WINDOW_HOURS", get("CHART_WINDOW_HOURS"), 24),
+            run_retention_days=_non_negative_int("RUN_RETENTION_DAYS", get("RUN_RETENTION_DAYS"), 2),
         )
 
     def install_logs(self) -> None:
@@ -143,6 +147,18 @@ def _positive_int(name: str, raw: str | None, default: int) -> int:
         raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
     if value <= 0:
         raise SettingsError(f"{name} must be greater than 0, got {value}")
+    return value
+
+
+def _non_negative_int(name: str, raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 0:
+        raise SettingsError(f"{name} must be 0 or more, got {value}")
     return value
 
 

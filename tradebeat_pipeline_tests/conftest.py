@@ -39,10 +39,9 @@ def sandbox(sandbox_server: SandboxServer) -> Iterator[Sandbox]:
     """The running sandbox, with its clock after all recorded data and no faults."""
     state = sandbox_server.sandbox
     state.clock.fixed_ms = ms("2026-01-01T00:00:00Z")
-    state.faults.clear()
-    state.requests.clear()
+    state.reset()
     yield state
-    state.faults.clear()
+    state.reset()
 
 
 @pytest.fixture

@@ -153,6 +153,16 @@ BAD_INPUT = [
         ["backfill", "BTC/USDT", "--start", "yesterday", "--end", "2020-01-01"],
         "expected YYYY-MM-DD",
     ),
+    (["symbols", "add", "../../etc/passwd"], "expected a ccxt spot symbol"),
+    (["symbols", "add", "BTC/USDT%00"], "expected a ccxt spot symbol"),
+    (["symbols", "add", "<script>/USDT"], "expected a ccxt spot symbol"),
+    (["symbols", "add", "BTC/ USDT"], "expected a ccxt spot symbol"),
+    (["symbols", "add", "BTC//USDT"], "expected a ccxt spot symbol"),
+    (["symbols", "add", "ÄBC/USDT"], "expected a ccxt spot symbol"),
+    (["gaps", "XRP/USDT", "--start", "2020-01-01", "--end", "2020-01-01"], "not registered"),
+    (["gaps", "BTC/USDT", "--start", "2020-01-01", "--end", "2099-01-01"], "in the future"),
+    (["export", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01", "--out", "x.csv"], ".parquet"),
+    (["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01'; DROP TABLE x"], "YYYY-MM-DD"),
 ]
 
 

@@ -70,12 +70,26 @@ def test_a_listed_but_halted_symbol_is_refused_as_not_trading(
         run(sandbox_server, lambda ex: ex.check_symbol("LUNA/USDT"))
 
 
-@pytest.mark.parametrize("fault", ["http_500", "http_429", "not_json", "missing_field", "non_numeric"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "http_500",
+        "http_503",
+        "http_429",
+        "http_418",
+        "slow",
+        "not_json",
+        "missing_field",
+        "non_numeric",
+        "empty",
+    ],
+)
 def test_transient_faults_are_retried_until_every_candle_arrives(
     sandbox: Sandbox, sandbox_server: SandboxServer, fault: str
 ) -> None:
     sandbox.inject(fault, count=2)
-    result = run(sandbox_server, lambda ex: ex.fetch_candles("BTC/USDT", JAN1, JAN1 + DAY))
+    sandbox.slow_s = 1.0  # past the client's 0.5 s timeout
+    result = run(sandbox_server, lambda ex: ex.fetch_candles("BTC/USDT", JAN1, JAN1 + DAY), timeout_ms=500)
     assert len(result.candles) == 1440
     assert sandbox.requests["klines"] == 2 + 2
 

@@ -4,6 +4,7 @@ import asyncio
 import logging
 import time
 from datetime import UTC, date
+from pathlib import Path
 
 import dagster as dg
 
@@ -18,13 +19,16 @@ from tradebeat_pipeline.partitions import (
     ONBOARD_TAG,
     SYMBOLS_PARTITIONS_NAME,
     candle_partitions,
+    parse_partition_key,
     range_tags,
     symbols_partitions,
 )
+from tradebeat_pipeline.retention import BeatRunInfo, runs_to_delete
 from tradebeat_pipeline.settings import Settings
 from tradebeat_pipeline.symbols import SymbolsCursor, history_days, onboarding_runs, plan_symbols
 
 symbols_log = logging.getLogger("tradebeat.symbols")
+retention_log = logging.getLogger("tradebeat.retention")
 
 BEAT_MAX_RUNTIME_S = 180
 
@@ -224,3 +228,51 @@ async def _validate(exchange: ExchangeResource, raws: list[str]) -> dict[str, tu
             else:
                 verdicts[raw] = (symbol, None)
     return verdicts
+
+
+@dg.op
+def prune_heartbeat_runs(context: dg.OpExecutionContext) -> None:
+    """Delete heartbeat runs older than RUN_RETENTION_DAYS, keeping each day's newest beat (it holds
+    that day's latest materialization, so partition status stays true)."""
+    settings = Settings.load()
+    settings.install_logs()
+    cutoff = time.time() - settings.run_retention_days * 86_400
+    beats = []
+    for record in context.instance.get_run_records(filters=dg.RunsFilter(tags={KIND_TAG: "heartbeat"})):
+        run = record.dagster_run
+        tags = run.tags
+        try:
+            first = parse_partition_key(tags["dagster/asset_partition_range_start"])[0]
+            last = parse_partition_key(tags["dagster/asset_partition_range_end"])[0]
+            minute = int(tags[BEAT_MINUTE_TAG])
+        except (KeyError, ValueError):
+            continue  # not a run the heartbeat made: never touch it
+        beats.append(BeatRunInfo(run.run_id, minute, first, last, record.create_timestamp.timestamp()))
+    doomed = runs_to_delete(beats, older_than_s=cutoff)
+    # With Dagster's default SQLite storage each run's events live in history/runs/<run_id>.db, and
+    # delete_run empties that file without removing it; no public API reclaims it, so the emptied
+    # file is removed here (under Postgres storage there is no such file and nothing to do).
+    run_files = Path(context.instance.root_directory) / "history" / "runs"
+    for run_id in doomed:
+        context.instance.delete_run(run_id)
+        (run_files / f"{run_id}.db").unlink(missing_ok=True)
+    message = (
+        f"deleted {len(doomed)} of {len(beats)} heartbeat runs older than {settings.run_retention_days} days"
+    )
+    context.log.info(message)
+    retention_log.info(message)
+
+
+@dg.job
+def retention_job() -> None:
+    """Bounds the instance: old heartbeat runs go, each day's newest beat stays."""
+    prune_heartbeat_runs()
+
+
+retention_schedule = dg.ScheduleDefinition(
+    name="retention_schedule",
+    cron_schedule="17 3 * * *",
+    execution_timezone="UTC",
+    job=retention_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

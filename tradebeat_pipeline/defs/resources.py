@@ -19,7 +19,7 @@ class ExchangeResource(dg.ConfigurableResource):
 
     api_url: str | None = None
     rate_budget_share: float | None = None
-    timeout_ms: int = 10_000
+    timeout_ms: int | None = None
     concurrency: int = 8
 
     def open(self) -> CcxtExchange:
@@ -30,7 +30,7 @@ class ExchangeResource(dg.ConfigurableResource):
             api_key=settings.api_key,
             secret_key=settings.secret_key,
             rate_budget_share=self.rate_budget_share or settings.rate_budget_share,
-            timeout_ms=self.timeout_ms,
+            timeout_ms=self.timeout_ms or int(settings.timeout_seconds * 1000),
             concurrency=self.concurrency,
             max_attempts=settings.retry_attempts,
             backoff_s=settings.retry_backoff_seconds,

@@ -8,6 +8,7 @@ an unknown symbol with HTTP 400 code -1121. Faults can be injected to prove the 
 import asyncio
 import json
 import logging
+import random
 import threading
 import time
 from collections import Counter
@@ -27,7 +28,20 @@ from tradebeat_pipeline.sandbox.market_data import (
 log = logging.getLogger("tradebeat.sandbox")
 
 WEIGHTS = {"ping": 1, "time": 1, "exchangeInfo": 20, "klines": 2, "ticker/24hr": 2}
-FAULT_KINDS = ("not_json", "missing_field", "non_numeric", "http_500", "http_429", "empty", "impossible")
+FAULT_KINDS = (
+    "not_json",  # a body cut off mid-way (truncated JSON)
+    "missing_field",
+    "non_numeric",
+    "http_500",
+    "http_503",
+    "http_429",  # rate limited, Retry-After: 1
+    "http_418",  # IP banned, Retry-After: 2
+    "slow",  # answers after `slow_s`, past a client's timeout
+    "empty",  # [] where candles exist
+    "impossible",  # well-formed candles with high < low and a negative volume
+)
+# What a misbehaving exchange does at random (the reliability suite's 10 %).
+CHAOS_KINDS = ("http_429", "http_418", "http_500", "http_503", "slow", "not_json", "empty")
 
 
 class Clock:
@@ -64,9 +78,41 @@ class Sandbox:
     weight_limit: int = 6000
     faults: list[Fault] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)
+    chaos_rate: float = 0.0  # share of klines requests answered with a random fault
+    chaos_kinds: tuple[str, ...] = CHAOS_KINDS
+    slow_s: float = 12.0
+    faulted: Counter[str] = field(default_factory=Counter)  # faults actually served, by kind
+    klines_log: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, answer)
+    _rng: random.Random = field(default_factory=lambda: random.Random(0))  # noqa: S311 (not crypto)
+    _generation: int = 0
     _weight_minute: int = 0
     _weight_used: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def chaos(self, rate: float, kinds: tuple[str, ...] = CHAOS_KINDS, seed: int = 0) -> None:
+        """Answer a `rate` share of klines requests with a fault drawn from `kinds` (seeded)."""
+        unknown = set(kinds) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; one of {', '.join(FAULT_KINDS)}")
+        with self._lock:
+            self.chaos_rate, self.chaos_kinds, self._rng = rate, kinds, random.Random(seed)  # noqa: S311
+
+    async def _stall(self) -> None:
+        """Hold an answer for `slow_s`, or until `reset` (so a stalled request never outlives a test)."""
+        generation, deadline = self._generation, time.monotonic() + self.slow_s
+        while time.monotonic() < deadline and generation == self._generation:
+            await asyncio.sleep(0.05)
+
+    def reset(self) -> None:
+        """No faults, no chaos, no request history (between tests)."""
+        with self._lock:
+            self._generation += 1
+            self.slow_s = 12.0
+            self.faults.clear()
+            self.chaos_rate = 0.0
+            self.faulted.clear()
+            self.klines_log.clear()
+            self.requests.clear()
 
     def inject(
         self,
@@ -89,12 +135,19 @@ class Sandbox:
 
     def _take_fault(self, symbol: str, start_ms: int | None) -> str | None:
         with self._lock:
+            kind = None
             for fault in self.faults:
                 if fault.applies(symbol, start_ms):
                     if fault.remaining is not None:
                         fault.remaining -= 1
-                    return fault.kind
-        return None
+                    kind = fault.kind
+                    break
+            if kind is None and self.chaos_rate and self._rng.random() < self.chaos_rate:
+                kind = self._rng.choice(self.chaos_kinds)
+            if kind is not None:
+                self.faulted[kind] += 1
+            self.klines_log.append((time.monotonic(), kind or "ok"))
+            return kind
 
     def _spend(self, weight: int) -> int | None:
         """Count weight in the current wall-clock minute; returns seconds to wait when over."""
@@ -199,7 +252,9 @@ class Sandbox:
         if rows and int(str(rows[-1][0])) + MINUTE_MS > now:
             rows[-1] = partial_kline(rows[-1], now)
         fault = self._take_fault(market.symbol, _opt_int(request.query.get("startTime")))
-        if fault is not None:
+        if fault == "slow":
+            await self._stall()
+        elif fault is not None:
             return _faulty(fault, rows)
         return web.Response(text=json.dumps(rows, separators=(",", ":")), content_type="application/json")
 
@@ -253,8 +308,12 @@ def _error(status: int, code: int, msg: str, headers: dict[str, str] | None = No
 def _faulty(kind: str, rows: list[Kline]) -> web.Response:
     if kind == "http_500":
         return _error(500, -1000, "An unknown error occurred while processing the request.")
+    if kind == "http_503":
+        return _error(503, -1001, "Service unavailable.")
     if kind == "http_429":
         return _error(429, -1003, "Too many requests.", headers={"Retry-After": "1"})
+    if kind == "http_418":
+        return _error(418, -1003, "Way too many requests; IP banned.", headers={"Retry-After": "2"})
     if kind == "empty":
         return web.Response(text="[]", content_type="application/json")
     if kind == "impossible" and len(rows) >= 2:

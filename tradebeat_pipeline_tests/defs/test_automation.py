@@ -15,7 +15,7 @@ from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
 from tradebeat_pipeline.partitions import SYMBOLS_PARTITIONS_NAME
 from tradebeat_pipeline.sandbox.server import Sandbox
 from tradebeat_pipeline.store import SQLiteStore
-from tradebeat_pipeline_tests.conftest import ms
+from tradebeat_pipeline_tests.conftest import database_checksum, ms
 
 MIN = 60_000
 
@@ -238,3 +238,27 @@ def test_a_symbol_removed_in_the_ui_is_deactivated_and_keeps_its_candles(
     sensor_result(instance, cursor=first.cursor)
     assert active_symbols(env) == [("BTC/USDT", 0)]
     assert len(stored_times(env)) == 1440
+
+
+HOSTILE = [
+    "BTC/USDT'); DROP TABLE price_data;--",
+    "../../etc/passwd",
+    "<img src=x onerror=alert(1)>/USDT",
+    "BTC/USDT:USDT",
+    "B" * 300,
+    "XRP/USDT",
+]
+
+
+def test_hostile_symbols_from_the_setting_and_the_ui_are_refused_and_change_no_stored_row(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
+    before = database_checksum(env)
+    monkeypatch.setenv("SYMBOLS", ",".join(HOSTILE[:3]))
+    instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, HOSTILE[3:])  # what the UI does
+    result = sensor_result(instance)
+    assert sorted(deleted(result)) == sorted(HOSTILE[3:])
+    assert not result.run_requests and not added(result)
+    assert database_checksum(env) == before

@@ -1,0 +1,207 @@
+"""The reliability table: each fault, what was injected, candles expected / stored / duplicated.
+
+    uv run python benchmarks/reliability.py [--beats 200 --symbols 10]
+
+Drives the real system (CLI backfills as one Dagster run each, real ccxt over HTTP to the sandbox,
+a real SQLite file, a real Dagster instance in a temporary home), then measures the instance's growth
+per heartbeat over simulated beats (materialized in a loop, the beat minute as a fake clock) and what
+the retention job brings it back to.
+"""
+
+import argparse
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+
+from tradebeat_pipeline.cli import main as cli
+from tradebeat_pipeline.definitions import defs, resources
+from tradebeat_pipeline.defs.assets import ohlcv_1m
+from tradebeat_pipeline.partitions import BEAT_MINUTE_TAG, KIND_TAG, range_tags
+from tradebeat_pipeline.sandbox.market_data import historical_markets
+from tradebeat_pipeline.sandbox.server import CHAOS_KINDS, Clock, Sandbox, SandboxServer
+from tradebeat_pipeline.settings import PROJECT_DIR
+
+JAN1 = 1_577_836_800_000
+MIN = 60_000
+THREE_DAYS = ["--start", "2020-01-01", "--end", "2020-01-03"]
+
+
+def counts(db: Path) -> tuple[int, int]:
+    with sqlite3.connect(db) as conn:
+        total, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT symbol_id || '-' || timestamp) FROM price_data"
+        ).fetchone()
+    conn.close()
+    return int(total), int(total) - int(distinct)
+
+
+class Bench:
+    def __init__(self, work: Path, server: SandboxServer) -> None:
+        self.work, self.server, self.sandbox = work, server, server.sandbox
+        self.n = 0
+
+    def fresh(self) -> Path:
+        """A new database and Dagster home, BTC/USDT registered; returns DB_PATH."""
+        self.n += 1
+        home = self.work / f"home{self.n}"
+        home.mkdir()
+        (home / "dagster.yaml").write_text((PROJECT_DIR / "dagster_home" / "dagster.yaml").read_text())
+        os.environ.update(DAGSTER_HOME=str(home), DB_PATH=str(self.work / f"db{self.n}.sqlite"))
+        self.sandbox.reset()
+        assert cli(["symbols", "add", "BTC/USDT"]) == 0
+        return Path(os.environ["DB_PATH"])
+
+    def row(self, fault: str, injected: str, code: int, db: Path, expected: int = 4320) -> None:
+        stored, duplicated = counts(db)
+        served = sum(self.sandbox.faulted.values())
+        errors = "none" if code == 0 else f"exit {code}"
+        print(
+            f"| {fault} | {injected} | {served} | {expected} | {stored} | {duplicated} | "
+            f"{expected - stored} | {errors} |",
+            flush=True,
+        )
+
+
+def exchange_faults(b: Bench) -> None:
+    for kinds, label in [(CHAOS_KINDS, "all kinds mixed")] + [((k,), k) for k in CHAOS_KINDS]:
+        db = b.fresh()
+        b.sandbox.slow_s = 1.5
+        b.sandbox.chaos(0.10, kinds, seed=45)
+        code = cli(["backfill", "BTC/USDT", *THREE_DAYS])
+        b.row(f"exchange: {label}", "10 % of klines requests", code, db)
+
+
+def crash(b: Bench) -> None:
+    db = b.fresh()
+    b.sandbox.slow_s = 60
+    b.sandbox.inject("slow", count=None, window=(JAN1 + 2000 * MIN, JAN1 + 2001 * MIN))
+    run = subprocess.Popen(  # our own argv
+        [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *THREE_DAYS],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while b.sandbox.faulted["slow"] < 1:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    after_kill, _ = counts(db)
+    b.sandbox.reset()
+    code = cli(["backfill", "BTC/USDT", *THREE_DAYS])
+    b.row(f"kill -9 mid-backfill, rerun ({after_kill} rows after the kill)", "SIGKILL during fetch", code, db)
+
+
+def concurrency(b: Bench) -> None:
+    db = b.fresh()
+    beat = (
+        "import sys, dagster as dg; from datetime import date\n"
+        "from tradebeat_pipeline.definitions import resources\n"
+        "from tradebeat_pipeline.defs.assets import ohlcv_1m\n"
+        "from tradebeat_pipeline.partitions import range_tags, BEAT_MINUTE_TAG, KIND_TAG\n"
+        "with dg.DagsterInstance.get() as i:\n"
+        "    d = date(2020, 1, 2)\n"
+        "    r = dg.materialize([ohlcv_1m], instance=i, resources=resources(), raise_on_error=False,\n"
+        "        tags={**range_tags((d, 'BTC/USDT'), (d, 'BTC/USDT')), KIND_TAG: 'heartbeat',\n"
+        "              BEAT_MINUTE_TAG: sys.argv[1]})\n"
+        "sys.exit(0 if r.success else 1)\n"
+    )
+    writers = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # our own argv
+        for argv in (
+            [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *THREE_DAYS],
+            [sys.executable, "-c", beat, str(JAN1 + 2 * 1440 * MIN - MIN)],
+        )
+    ]
+    outs = [w.communicate()[0] for w in writers]
+    locked = sum(o.count("locked") for o in outs)
+    code = max(w.returncode for w in writers)
+    b.row(f"heartbeat + backfill, same day at once ({locked} 'locked')", "two writer processes", code, db)
+
+
+def instance_size(home: Path) -> int:
+    return sum(p.stat().st_size for p in home.rglob("*") if p.is_file())
+
+
+def storage(b: Bench, beats: int, symbols: int) -> None:
+    b.fresh()
+    names = [f"S{i:03d}/USDT" for i in range(symbols)]
+    assert cli(["symbols", "add", *names]) == 0
+    home = Path(os.environ["DAGSTER_HOME"])
+    start = JAN1 + 365 * 1440 * MIN  # 2020-12-31, synthetic markets have history there
+    sizes = []
+    with dg.DagsterInstance.get() as instance:
+        for i in range(beats):
+            minute = start + i * MIN
+            day = date(2020, 12, 31) if minute < start + 1440 * MIN else date(2021, 1, 1)
+            result = dg.materialize(
+                [ohlcv_1m],
+                instance=instance,
+                resources=resources(),
+                tags={
+                    **range_tags((day, names[0]), (day, names[-1])),
+                    KIND_TAG: "heartbeat",
+                    BEAT_MINUTE_TAG: str(minute),
+                },
+            )
+            assert result.success
+            sizes.append(instance_size(home))
+        before = instance_size(home)
+        os.environ["RUN_RETENTION_DAYS"] = "0"
+        assert defs.resolve_job_def("retention_job").execute_in_process(instance=instance).success
+        after = instance_size(home)
+        kept = len(instance.get_run_records(filters=dg.RunsFilter(tags={KIND_TAG: "heartbeat"})))
+    growth = (sizes[-1] - sizes[9]) / (beats - 10)
+    print(f"\nDagster instance, {beats} beats x {symbols} symbols (one run per beat):")
+    print(f"  growth per beat {growth / 1024:.1f} KB; {before / 1e6:.1f} MB after {beats} beats")
+    print(
+        f"  retention job (keep each day's newest beat): {after / 1e6:.1f} MB, {kept} heartbeat run(s) kept"
+    )
+    print(
+        f"  without retention: {growth * 1440 * 30 / 1e9:.2f} GB per 30 days, "
+        f"{growth * 1440 * 365 / 1e9:.1f} GB per year"
+    )
+    kept_run = after / max(kept, 1)  # what one kept run (and the instance's fixed part) costs
+    print(
+        f"  with RUN_RETENTION_DAYS=2: bounded near {2 * 1440 * growth / 1e6:.0f} MB of recent beats, "
+        f"plus one kept run per day: {365 * kept_run / 1e6:.1f} MB per year for {symbols} symbols "
+        f"= {365 * kept_run / 1e6 / symbols:.2f} MB per symbol-year"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--beats", type=int, default=200)
+    parser.add_argument("--symbols", type=int, default=10)
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SandboxServer(
+            Sandbox(historical_markets(synthetic=args.symbols), Clock(JAN1 + 2000 * 1440 * MIN))
+        ) as server,
+    ):
+        os.environ.update(
+            BINANCE_API_URL=server.url,
+            TRADEBEAT_ENV_FILE=str(Path(tmp) / "none.env"),
+            EXCHANGE_RETRY_BACKOFF_SECONDS="0.05",
+            EXCHANGE_TIMEOUT_SECONDS="1",
+            LOG_DIR=str(Path(tmp) / "logs"),
+        )
+        b = Bench(Path(tmp), server)
+        print("| fault | injected | faults served | expected | stored | duplicated | lost | errors |")
+        print("|---|---|---|---|---|---|---|---|")
+        exchange_faults(b)
+        crash(b)
+        concurrency(b)
+        storage(b, args.beats, args.symbols)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The running system attacked: a misbehaving exchange, a killed run, concurrent writers. Real ccxt over
+HTTP to the sandbox, a real SQLite file, a real Dagster instance; each run is a real process where the
+scenario needs one (kill -9, two writers)."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tradebeat_pipeline.cli import main
+from tradebeat_pipeline.sandbox.server import Sandbox
+from tradebeat_pipeline_tests.conftest import archive_rows, ms
+
+THREE_DAYS = ["--start", "2020-01-01", "--end", "2020-01-03"]
+
+
+@pytest.fixture
+def btc(env: Path, sandbox: Sandbox) -> Path:
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    return env
+
+
+def archive() -> list[tuple[int, float, float, float, float, float]]:
+    return [
+        (int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]))
+        for r in archive_rows("BTCUSDT-1m-vision.csv.gz")
+    ]
+
+
+def stored(db: Path) -> list[tuple[int, float, float, float, float, float]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT timestamp, open, high, low, close, volume FROM price_data ORDER BY timestamp"
+        )
+        found = [tuple(r) for r in rows]
+    conn.close()
+    return found
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 120) -> None:
+    """Poll the system for a condition (synchronisation, not a sleep standing in for it)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_a_backfill_through_ten_percent_faulted_requests_stores_every_candle_exactly_once(
+    btc: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXCHANGE_TIMEOUT_SECONDS", "1")
+    sandbox.slow_s = 1.5
+    sandbox.chaos(0.10, seed=45)
+    assert main(["backfill", "BTC/USDT", *THREE_DAYS]) == 0
+    assert stored(btc) == archive()  # 4,320 candles, identical values, each once (primary key)
+    assert sum(sandbox.faulted.values()) >= 1
+
+
+def test_retry_after_is_honoured_and_a_418_stops_every_request_until_the_ban_ends(
+    btc: Path, sandbox: Sandbox
+) -> None:
+    sandbox.inject("http_418", count=1, window=(ms("2020-01-01T16:40:00Z"), ms("2020-01-01T16:41:00Z")))
+    assert main(["backfill", "BTC/USDT", *THREE_DAYS]) == 0
+    (banned_at,) = [t for t, answer in sandbox.klines_log if answer == "http_418"]
+    later = [t - banned_at for t, _ in sandbox.klines_log if t - banned_at > 0.2]  # not already in flight
+    assert later, "no request after the ban"
+    assert min(later) >= 2.0  # Retry-After: 2, for every request of the client
+    assert len(stored(btc)) == 4320
+
+
+def test_a_backfill_killed_mid_way_leaves_nothing_half_done_and_a_rerun_stores_each_candle_once(
+    btc: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    sandbox.slow_s = 60
+    sandbox.inject("slow", count=None, window=(ms("2020-01-02T09:20:00Z"), ms("2020-01-02T09:21:00Z")))
+    run = subprocess.Popen(
+        [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *THREE_DAYS],
+        env=os.environ.copy(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for("the run to be mid-way through its fetch", lambda: sandbox.faulted["slow"] >= 1)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+
+    assert stored(btc) == []  # one transaction per write: nothing of the killed run is stored
+    assert instance.get_materialized_partitions(dg.AssetKey("ohlcv_1m")) == set()  # and none looks done
+    sandbox.reset()
+    assert main(["backfill", "BTC/USDT", *THREE_DAYS]) == 0
+    assert stored(btc) == archive()
+    assert len(instance.get_materialized_partitions(dg.AssetKey("ohlcv_1m"))) == 3
+
+
+HEARTBEAT = """
+import sys
+import dagster as dg
+from tradebeat_pipeline.definitions import resources
+from tradebeat_pipeline.defs.assets import ohlcv_1m
+from tradebeat_pipeline.partitions import range_tags, BEAT_MINUTE_TAG, KIND_TAG
+from datetime import date
+with dg.DagsterInstance.get() as instance:
+    day = date(2020, 1, 2)
+    result = dg.materialize(
+        [ohlcv_1m],
+        instance=instance,
+        resources=resources(),
+        tags={**range_tags((day, "BTC/USDT"), (day, "BTC/USDT")), KIND_TAG: "heartbeat",
+              BEAT_MINUTE_TAG: sys.argv[1]},
+        raise_on_error=False,
+    )
+sys.exit(0 if result.success else 1)
+"""
+
+
+def test_a_heartbeat_and_a_backfill_writing_the_same_day_at_once_lose_nothing_and_never_lock(
+    btc: Path, sandbox: Sandbox
+) -> None:
+    env = os.environ.copy()
+    writers = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for argv in (
+            [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *THREE_DAYS],
+            [sys.executable, "-c", HEARTBEAT, str(ms("2020-01-02T23:59:00Z"))],
+        )
+    ]
+    outputs = [w.communicate(timeout=300)[0] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], outputs
+    assert not any("locked" in out for out in outputs)
+    assert stored(btc) == archive()

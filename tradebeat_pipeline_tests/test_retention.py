@@ -1,0 +1,79 @@
+"""Which heartbeat runs retention may delete, and the job doing it on a real instance."""
+
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tradebeat_pipeline.cli import main
+from tradebeat_pipeline.definitions import defs, resources
+from tradebeat_pipeline.defs.assets import ohlcv_1m
+from tradebeat_pipeline.partitions import BEAT_MINUTE_TAG, KIND_TAG, range_tags
+from tradebeat_pipeline.retention import BeatRunInfo, runs_to_delete
+from tradebeat_pipeline.sandbox.server import Sandbox
+from tradebeat_pipeline_tests.conftest import ms
+
+D1, D2 = date(2020, 1, 1), date(2020, 1, 2)
+
+
+def beat(run_id: str, minute: str, first: date, last: date, created_s: float = 0) -> BeatRunInfo:
+    return BeatRunInfo(run_id, ms(minute), first, last, created_s)
+
+
+def test_old_beats_go_but_each_days_newest_beat_stays() -> None:
+    beats = [
+        beat("a", "2020-01-01T10:00:00Z", D1, D1),
+        beat("b", "2020-01-01T23:59:00Z", D1, D1),
+        beat("c", "2020-01-02T00:01:00Z", D1, D2),  # near midnight a beat also refreshes yesterday
+        beat("d", "2020-01-02T12:00:00Z", D2, D2),
+    ]
+    assert runs_to_delete(beats, older_than_s=1) == ["a", "b"]
+
+
+def test_beats_younger_than_the_retention_age_are_kept() -> None:
+    beats = [
+        beat("a", "2020-01-01T10:00:00Z", D1, D1, created_s=100),
+        beat("b", "2020-01-01T11:00:00Z", D1, D1),
+    ]
+    assert runs_to_delete(beats, older_than_s=50) == []
+
+
+def run_beat(instance: dg.DagsterInstance, minute: str, first: date, last: date) -> str:
+    result = dg.materialize(
+        [ohlcv_1m],
+        instance=instance,
+        resources=resources(),
+        tags={
+            **range_tags((first, "BTC/USDT"), (last, "BTC/USDT")),
+            KIND_TAG: "heartbeat",
+            BEAT_MINUTE_TAG: str(ms(minute)),
+        },
+    )
+    assert result.success
+    return result.run_id
+
+
+def test_the_retention_job_deletes_old_beats_and_partition_status_stays_true(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    runs = [
+        run_beat(instance, "2020-01-01T10:00:00Z", D1, D1),
+        run_beat(instance, "2020-01-01T20:00:00Z", D1, D1),
+        run_beat(instance, "2020-01-02T00:01:00Z", D1, D2),
+        run_beat(instance, "2020-01-02T12:00:00Z", D2, D2),
+    ]
+    materialized = instance.get_materialized_partitions(ohlcv_1m.key)
+    assert materialized == {"2020-01-01|BTC/USDT", "2020-01-02|BTC/USDT"}
+
+    monkeypatch.setenv("RUN_RETENTION_DAYS", "0")
+    job = defs.resolve_job_def("retention_job")
+    assert job.execute_in_process(instance=instance).success
+
+    left = {
+        r.dagster_run.run_id
+        for r in instance.get_run_records(filters=dg.RunsFilter(tags={KIND_TAG: "heartbeat"}))
+    }
+    assert left == {runs[2], runs[3]}
+    assert instance.get_materialized_partitions(ohlcv_1m.key) == materialized
