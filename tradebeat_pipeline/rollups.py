@@ -9,24 +9,13 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from tradebeat_pipeline.candles import DAY_MS, MINUTE_MS
+from tradebeat_pipeline.candles import CANDLE_COLUMNS, DAY_MS, MINUTE_MS
 
 TIMEFRAMES: dict[str, int] = {"1m": MINUTE_MS, "5m": 5 * MINUTE_MS, "1h": 60 * MINUTE_MS, "1d": DAY_MS}
 ROLLUP_TIMEFRAMES = ("5m", "1h", "1d")
 # A bucket's candle: first open, highest high, lowest low, last close, summed volumes, and how many
 # of its minutes had a candle. A bucket missing minutes is kept and marked incomplete, never hidden.
-ROLLUP_COLUMNS = (
-    "timestamp",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "trades",
-    "minutes",
-    "complete",
-)
+ROLLUP_COLUMNS = (*CANDLE_COLUMNS[:8], "minutes", "complete")  # timestamp .. trades, then coverage
 
 _ROLLUP_SQL = """
 SELECT (timestamp // $bucket) * $bucket AS timestamp,

@@ -139,26 +139,23 @@ def _project_path(raw: str | None, default: Path) -> Path:
 
 
 def _positive_int(name: str, raw: str | None, default: int) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be greater than 0, got {value}")
-    return value
+    return _int(name, raw, default, minimum=1)
 
 
 def _non_negative_int(name: str, raw: str | None, default: int) -> int:
+    return _int(name, raw, default, minimum=0)
+
+
+def _int(name: str, raw: str | None, default: int, *, minimum: int) -> int:
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < 0:
-        raise SettingsError(f"{name} must be 0 or more, got {value}")
+    if value < minimum:
+        limit = "greater than 0" if minimum == 1 else f"at least {minimum}"
+        raise SettingsError(f"{name} must be {limit}, got {value}")
     return value
 
 

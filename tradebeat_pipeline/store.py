@@ -387,22 +387,7 @@ class SQLiteStore:
         self, batches: Sequence[tuple[str, pd.DataFrame]], *, now_ms: int | None = None
     ) -> dict[str, UpsertResult]:
         """Write every batch in ONE transaction: all of it lands, or none of it does."""
-        ingested_at = now_ms if now_ms is not None else int(time.time() * 1000)
-        results: dict[str, UpsertResult] = {}
-        with self.transaction() as conn:
-            for symbol, candles in batches:
-                sid = self._symbol_id_in(conn, symbol)
-                result = self._upsert_one(conn, sid, candles, ingested_at)
-                results[symbol] = results.get(symbol, UpsertResult()) + result
-        for symbol, result in results.items():
-            if result.corrected:
-                log.warning(
-                    "%s: exchange corrected %d stored candle(s): %s",
-                    symbol,
-                    len(result.corrected),
-                    ", ".join(iso_utc(ts) for ts in result.corrected[:10]),
-                )
-        return results
+        return self.ingest([SymbolWrite(symbol, candles) for symbol, candles in batches], now_ms=now_ms)
 
     def ingest(self, writes: Sequence[SymbolWrite], *, now_ms: int | None = None) -> dict[str, UpsertResult]:
         """Candles and the holes their fetches revealed, in ONE transaction: a hole is recorded

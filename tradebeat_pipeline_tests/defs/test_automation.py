@@ -255,10 +255,11 @@ def test_hostile_symbols_from_the_setting_and_the_ui_are_refused_and_change_no_s
 ) -> None:
     assert main(["symbols", "add", "BTC/USDT"]) == 0
     assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
+    first = sensor_result(instance)  # the sensor takes note of BTC/USDT
     before = database_checksum(env)
     monkeypatch.setenv("SYMBOLS", ",".join(HOSTILE[:3]))
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, HOSTILE[3:])  # what the UI does
-    result = sensor_result(instance)
+    result = sensor_result(instance, cursor=first.cursor)
     assert sorted(deleted(result)) == sorted(HOSTILE[3:])
     assert not result.run_requests and not added(result)
     assert database_checksum(env) == before
