@@ -25,11 +25,11 @@ def outage_day(env: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("CHARTS_DIR", str(env.parent / "charts"))
     assert main(["symbols", "add", *SYMBOLS]) == 0
     for symbol in SYMBOLS:
-        assert main(["backfill", symbol, "--start", "2023-03-24", "--end", "2023-03-24"]) == 0
+        assert main(["backfill", symbol, "--start", "2023-03-24", "--end", "2023-03-24", "--rollups"]) == 0
     return env
 
 
-def test_a_backfill_stores_every_rollup_bucket_of_its_days(outage_day: Path) -> None:
+def test_a_backfill_with_rollups_stores_every_rollup_bucket_of_its_days(outage_day: Path) -> None:
     with sqlite3.connect(outage_day) as conn:
         counts = dict(
             conn.execute(
