@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 
 from tradebeat_pipeline.candles import DAY_MS, MINUTE_MS, iso_utc
-from tradebeat_pipeline.quality import covered_by_exchange
+from tradebeat_pipeline.quality import EXCHANGE, covered_by_exchange
 from tradebeat_pipeline.store import SQLiteStore
 
 # The daemon writes a heartbeat every 30 s; five minutes without one means it is gone.
@@ -86,9 +86,13 @@ def symbol_health(store: SQLiteStore, symbol: str, now_ms: int) -> SymbolHealth:
         store.holes(symbol, newest + MINUTE_MS, last_closed + MINUTE_MS), newest + MINUTE_MS, last_closed
     )
     watermark = store.gap_report(symbol, max(first, now_ms - WATERMARK_DAYS * DAY_MS), newest + MINUTE_MS)
-    unexplained = [h for h in watermark.holes if h.kind != "exchange"]
+    unexplained = [h for h in watermark.holes if h.kind != EXCHANGE]
     complete = unexplained[0].start - MINUTE_MS if unexplained else newest
-    day = store.gap_report(symbol, max(first, now_ms - DAY_MS), newest + MINUTE_MS)
+    # The last 24 h lie inside the watermark's window: clip its holes rather than read them again.
+    day_start = max(first, now_ms - DAY_MS)
+    unexplained_24h = sum(
+        max(0, (h.end - max(h.start, day_start)) // MINUTE_MS + 1) for h in unexplained if h.end >= day_start
+    )
     return SymbolHealth(
         symbol=symbol,
         newest_candle=iso_utc(newest),
@@ -96,7 +100,7 @@ def symbol_health(store: SQLiteStore, symbol: str, now_ms: int) -> SymbolHealth:
         lag_minutes=int(lag),
         lag_explained=explained,
         candles_today=store.count_candles(symbol, today, now_ms),
-        unexplained_minutes_24h=day.unexplained,
+        unexplained_minutes_24h=int(unexplained_24h),
     )
 
 

@@ -555,9 +555,10 @@ class SQLiteStore:
         with self.transaction() as conn:
             for symbol, timeframe, frame in batches:
                 sid = self._symbol_id_in(conn, symbol)
-                rows = _records(frame.loc[:, list(ROLLUP_COLUMNS)])
-                conn.executemany(_UPSERT_ROLLUP_SQL, [(sid, timeframe, *r) for r in rows])
-                written += len(rows)
+                n = len(frame)
+                columns = _columns(frame.loc[:, list(ROLLUP_COLUMNS)])
+                conn.executemany(_UPSERT_ROLLUP_SQL, zip([sid] * n, [timeframe] * n, *columns, strict=True))
+                written += n
         return written
 
     def read_rollups(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> pd.DataFrame:
@@ -593,25 +594,21 @@ class SQLiteStore:
         return int(row[0])
 
 
-def _records(frame: pd.DataFrame) -> list[tuple[object, ...]]:
-    """Rows as plain Python values for sqlite3; NaN/NA become NULL, booleans 0/1."""
+def _columns(frame: pd.DataFrame) -> list[list[object]]:
+    """Each column as plain Python values for sqlite3 (it rejects numpy scalars): NaN/NA become
+    NULL, booleans 0/1; a column without NA skips the slow object conversion."""
     columns: list[list[object]] = []
     for c in frame.columns:
         series = frame[c]
         if series.dtype == bool:
             series = series.astype(int)
-        columns.append(series.astype(object).where(series.notna(), None).tolist())
-    return list(zip(*columns, strict=True))
-
-
-def _rows(sid: int, candles: pd.DataFrame, ingested_at: int) -> Iterator[tuple[object, ...]]:
-    """Plain Python values for sqlite3 (it rejects numpy scalars); NaN/NA become NULL."""
-    columns: list[list[object]] = []
-    for c in CANDLE_COLUMNS:
-        series = candles[c]
         if series.isna().any():
             columns.append(series.astype(object).where(series.notna(), None).tolist())
         else:
             columns.append(series.tolist())
+    return columns
+
+
+def _rows(sid: int, candles: pd.DataFrame, ingested_at: int) -> Iterator[tuple[object, ...]]:
     n = len(candles)
-    return zip([sid] * n, *columns, [ingested_at] * n, strict=True)
+    return zip([sid] * n, *_columns(candles.loc[:, list(CANDLE_COLUMNS)]), [ingested_at] * n, strict=True)
