@@ -1,38 +1,58 @@
 """Heartbeat latency: a real dagster-daemon beating against the sandbox for N minutes with K symbols.
 
     uv run python benchmarks/heartbeat.py [--minutes 5] [--symbols 10] [--buffer 5]
+    uv run python benchmarks/heartbeat.py --symbols 100 --minutes 6 --weight-limit 6000 --backfill-days 29
 
 Prints p50/p95/max of candle close -> commit (from `ingested_at`) for the minutes each beat stored,
-runs per beat, and CPU seconds per beat (the whole machine less the sandbox, divided by the beats:
-daemon, sensor ticks and run workers together).
+runs per beat, and CPU seconds per beat (the whole machine less this process, which hosts the
+sandbox, divided by the beats: daemon, sensor ticks and run workers together).
+
+With `--backfill-days`, a backfill of every symbol's last D days runs in its own process beside the
+beats, and the sandbox reports the request weight it counted per clock minute: the shared rate
+budget (our share of `--weight-limit`) must hold across both, with the beats going first.
 """
 
 import argparse
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 
 from tradebeat_pipeline import cli
-from tradebeat_pipeline.candles import iso_utc
+from tradebeat_pipeline.candles import DAY_MS, iso_utc
+from tradebeat_pipeline.sandbox.market_data import replay_markets
+from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
 
 MIN = 60_000
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# A separate process, as `tradebeat backfill` or the sensor's onboarding would be: every symbol's
+# days as ONE run.
+BACKFILL = """
+import sys
+from datetime import date
+import dagster as dg
+from tradebeat_pipeline.defs.assets import ohlcv_1m
+from tradebeat_pipeline.definitions import resources
+from tradebeat_pipeline.partitions import range_tags
+first, last, start, end = sys.argv[1:]
+with dg.DagsterInstance.get() as instance:
+    result = dg.materialize(
+        [ohlcv_1m], instance=instance, resources=resources(), raise_on_error=False,
+        tags={**range_tags((date.fromisoformat(start), first), (date.fromisoformat(end), last)),
+              "tradebeat/kind": "backfill"},
+    )
+sys.exit(0 if result.success else 1)
+"""
 
 
 def main() -> None:
@@ -40,47 +60,32 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=5)
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--buffer", type=float, default=5.0)
+    parser.add_argument("--weight-limit", type=int, default=60_000, help="the sandbox's declared budget")
+    parser.add_argument("--backfill-days", type=int, default=0, help="backfill days beside the beats")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tradebeat-heartbeat-"))
     home = work / "home"
     home.mkdir()
     shutil.copy(PROJECT_DIR / "dagster_home" / "dagster.yaml", home)
-    port = free_port()
     symbols = [f"S{i:03d}/USDT" for i in range(args.symbols)]
+    now = int(time.time() * 1000)
+    anchor = now - now % DAY_MS - 30 * DAY_MS  # as `tradebeat sandbox --replay`: 30 days of history
+    sandbox = Sandbox(replay_markets(anchor, args.symbols), Clock(), weight_limit=args.weight_limit)
+    server = SandboxServer(sandbox).start()
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
         "DB_PATH": str(work / "hb.sqlite"),
-        "BINANCE_API_URL": f"http://127.0.0.1:{port}",
+        "BINANCE_API_URL": server.url,
         "TRADEBEAT_ENV_FILE": str(work / "none.env"),
         "HEARTBEAT_BUFFER_SECONDS": str(args.buffer),
         "BACKFILL_MINUTES": "10",
         "LOG_LEVEL": "WARNING",
     }
-    sandbox = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tradebeat_pipeline.cli",
-            "sandbox",
-            "--replay",
-            "--port",
-            str(port),
-            "--synthetic-markets",
-            str(args.symbols),
-            "--weight-limit",
-            "60000",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    daemon = None
+    daemon = backfill = None
+    backfill_span: tuple[float, float] | None = None
     try:
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            time.sleep(0.1)
         os.environ.update(env)
         assert cli.main(["symbols", "add", *symbols]) == 0
         daemon = subprocess.Popen(
@@ -101,23 +106,42 @@ def main() -> None:
         first_beat = started - started % MIN + 2 * MIN
         last_beat = first_beat + (args.minutes - 1) * MIN
         print(
-            f"{args.symbols} symbols, buffer {args.buffer}s, beats {iso_utc(first_beat)}.."
-            f"{iso_utc(last_beat)}; waiting for them to close…",
+            f"{args.symbols} symbols, buffer {args.buffer}s, sandbox budget {args.weight_limit} weight/min, "
+            f"beats {iso_utc(first_beat)}..{iso_utc(last_beat)}; waiting for them to close…",
             flush=True,
         )
         time.sleep(max(0.0, first_beat / 1000 - time.time()))
-        cpu_start = machine_cpu_s() - process_cpu_s(sandbox.pid)
+        weight_from = len(sandbox.weight_log)
+        if args.backfill_days:
+            today = datetime.now(UTC).date()
+            days = (today - timedelta(days=args.backfill_days), today - timedelta(days=1))
+            argv = [sys.executable, "-c", BACKFILL, symbols[0], symbols[-1], *(d.isoformat() for d in days)]
+            backfill = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            backfill_span = (time.time(), 0.0)
+            print(f"backfill of {days[0]}..{days[1]} for all {args.symbols} symbols started", flush=True)
+        cpu_start = machine_cpu_s() - process_cpu_s(os.getpid())
         deadline = time.time() + (last_beat + MIN - first_beat) / 1000 + 120
         while time.time() < deadline and not beats_done(last_beat):
+            if backfill_span and not backfill_span[1] and backfill and backfill.poll() is not None:
+                backfill_span = (backfill_span[0], time.time())
             time.sleep(2)
-        cpu_s = machine_cpu_s() - process_cpu_s(sandbox.pid) - cpu_start
+        cpu_s = machine_cpu_s() - process_cpu_s(os.getpid()) - cpu_start
+        if backfill is not None and backfill_span is not None:
+            _, err = backfill.communicate(timeout=1800)
+            if not backfill_span[1]:
+                backfill_span = (backfill_span[0], time.time())
+            print(
+                f"backfill: exit {backfill.returncode} after {backfill_span[1] - backfill_span[0]:.0f}s"
+                + (f"; {err.decode()[-500:]}" if backfill.returncode else ""),
+            )
     finally:
         if daemon is not None:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=120)
-        os.killpg(sandbox.pid, signal.SIGTERM)
-        sandbox.wait()
-    report(work / "hb.sqlite", first_beat, last_beat, cpu_s, args.buffer)
+        server.stop()
+    report(work / "hb.sqlite", first_beat, last_beat, cpu_s, args.buffer, backfill_span)
+    if args.backfill_days:
+        report_weight(sandbox, weight_from, args.weight_limit, work / "hb.sqlite", args.backfill_days)
 
 
 def beats_done(last_beat: int) -> bool:
@@ -141,7 +165,14 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def report(db: Path, first_beat: int, last_beat: int, cpu_s: float, buffer_s: float) -> None:
+def report(
+    db: Path,
+    first_beat: int,
+    last_beat: int,
+    cpu_s: float,
+    buffer_s: float,
+    backfill_span: tuple[float, float] | None,
+) -> None:
     with dg.DagsterInstance.get() as instance:
         runs = [
             r.dagster_run
@@ -157,20 +188,57 @@ def report(db: Path, first_beat: int, last_beat: int, cpu_s: float, buffer_s: fl
             (beats[0], last_beat),
         ).fetchall()
     conn.close()
-    latency = np.array([(ingested - (ts + MIN)) / 1000 for ts, ingested in rows])
     ok = sum(1 for m in beats for r in per_minute[m] if r.status == dg.DagsterRunStatus.SUCCESS)
     print(
         f"beats {iso_utc(beats[0])}..{iso_utc(beats[-1])}: {len(beats)} beats, "
         f"runs per beat: max {max(len(per_minute[m]) for m in beats)}, successful {ok}/{len(beats)}"
     )
-    print(
-        f"close -> commit over {len(latency)} candles: p50 {np.percentile(latency, 50):.1f}s, "
-        f"p95 {np.percentile(latency, 95):.1f}s, max {latency.max():.1f}s (buffer {buffer_s:.0f}s)"
-    )
+    groups = {"all candles": rows}
+    if backfill_span is not None:
+        during = [(ts, ing) for ts, ing in rows if backfill_span[0] <= (ts + MIN) / 1000 <= backfill_span[1]]
+        groups["minutes closing while the backfill ran"] = during
+        during_set = set(during)
+        groups["the other minutes"] = [r for r in rows if r not in during_set]
+    for label, group in groups.items():
+        if not group:
+            print(f"close -> commit, {label}: none")
+            continue
+        latency = np.array([(ingested - (ts + MIN)) / 1000 for ts, ingested in group])
+        print(
+            f"close -> commit, {label} ({len(latency)} candles): p50 {np.percentile(latency, 50):.1f}s, "
+            f"p95 {np.percentile(latency, 95):.1f}s, max {latency.max():.1f}s (buffer {buffer_s:.0f}s)"
+        )
     print(
         f"CPU (whole machine less the sandbox, from the first beat to the last): "
         f"{cpu_s:.1f}s, {cpu_s / len(beats):.1f}s per beat"
     )
+
+
+def report_weight(sandbox: Sandbox, weight_from: int, limit: int, db: Path, days: int) -> None:
+    """What the exchange saw: weight per clock minute against our share, and the 429s it sent."""
+    share = 0.5  # RATE_BUDGET_SHARE's default
+    per_minute: dict[int, int] = {}
+    for t, w in sandbox.weight_log[weight_from:]:
+        per_minute[int(t // 60)] = per_minute.get(int(t // 60), 0) + w
+    print(f"request weight counted by the sandbox per clock minute (our budget {limit * share:.0f}):")
+    for minute, weight in sorted(per_minute.items()):
+        print(f"  {iso_utc(minute * MIN)}  {weight:5d}")
+    clock_minute, sliding = sandbox.busiest_minutes()
+    print(
+        f"busiest clock minute {clock_minute}, busiest 60 s {sliding} (budget {limit * share:.0f}); "
+        f"429s for weight: {sandbox.rejected_for_weight}"
+    )
+    today = datetime.now(UTC).date()
+    start = int(datetime.combine(today - timedelta(days=days), datetime.min.time(), UTC).timestamp() * 1000)
+    with sqlite3.connect(db) as conn:
+        stored, symbols = conn.execute(
+            "SELECT count(*), count(DISTINCT symbol_id) FROM price_data "
+            "WHERE timestamp >= ? AND timestamp < ?",
+            (start, start + days * DAY_MS),
+        ).fetchone()
+    conn.close()
+    expected = symbols * days * 1440
+    print(f"backfilled candles stored: {stored:,} of {expected:,} ({symbols} symbols x {days} days)")
 
 
 if __name__ == "__main__":

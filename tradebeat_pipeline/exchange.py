@@ -7,10 +7,10 @@ Binance, or to any Binance-compatible server (the bundled sandbox) by swapping t
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,6 +18,7 @@ import ccxt.async_support as ccxt
 import numpy as np
 import pandas as pd
 
+from tradebeat_pipeline.budget import Lane, WeightBudget
 from tradebeat_pipeline.candles import (
     MINUTE_MS,
     MalformedAnswer,
@@ -38,6 +39,8 @@ EMPTY_REASKS = 2
 # Binance's own REQUEST_WEIGHT budget, used when the exchange does not declare one.
 DEFAULT_WEIGHT_PER_MINUTE = 6000
 # ccxt's binance cost unit: rateLimit 50 ms per unit is exactly 6,000 weight a minute (1 unit = 5 weight).
+# ccxt knows each endpoint's cost (klines 0.4 = weight 2, exchangeInfo 4 = weight 20), so its costs,
+# converted, are what the shared budget charges.
 _CCXT_WEIGHT_PER_COST_UNIT = 5.0
 
 T = TypeVar("T")
@@ -101,12 +104,22 @@ class Exchange(Protocol):
     async def check_symbol(self, symbol: str) -> None: ...
     async def server_time_ms(self) -> int: ...
     async def first_candle_ms(self, symbol: str) -> int | None: ...
-    async def fetch_candles(self, symbol: str, start_ms: int, end_ms: int) -> FetchResult: ...
+    async def fetch_candles(
+        self, symbol: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> FetchResult: ...
     async def close(self) -> None: ...
 
 
 class _Binance(ccxt.binance):  # type: ignore[misc]  # ccxt ships no type stubs
-    """ccxt's binance, with the failing answer's Retry-After attached to the exception."""
+    """ccxt's binance, throttled by the budget shared across processes instead of its own
+    per-process limiter, with the failing answer's Retry-After attached to the exception."""
+
+    budget: WeightBudget
+
+    async def throttle(self, cost: float | None = None) -> None:
+        # ccxt calls this before every request it sends, with the endpoint's cost.
+        weight = max(1, round((1.0 if cost is None else float(cost)) * _CCXT_WEIGHT_PER_COST_UNIT))
+        await self.budget.spend(weight)
 
     async def fetch(self, url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
         try:
@@ -144,6 +157,8 @@ class CcxtExchange:
         api_key: str | None = None,
         secret_key: str | None = None,
         rate_budget_share: float = 0.5,
+        budget_path: Path | None = None,
+        lane: Lane = Lane.BULK,
         timeout_ms: int = 10_000,
         max_attempts: int = 6,
         backoff_s: float = 0.5,
@@ -167,6 +182,9 @@ class CcxtExchange:
         if secret_key:
             config["secret"] = secret_key
         self._ccxt = _Binance(config)
+        # Until exchangeInfo declares the exchange's budget, assume Binance's.
+        self.budget = WeightBudget(budget_path, DEFAULT_WEIGHT_PER_MINUTE * rate_budget_share, lane)
+        self._ccxt.budget = self.budget
         self._ccxt.enableLastResponseHeaders = True
         if api_url:
             self._ccxt.urls["api"] = {k: _with_host(v, api_url) for k, v in self._ccxt.urls["api"].items()}
@@ -176,7 +194,6 @@ class CcxtExchange:
         self.backoff_s = backoff_s
         self._concurrency = asyncio.Semaphore(concurrency)
         self._markets_loaded = False
-        self._paused_until = 0.0
         self.weight_per_minute = DEFAULT_WEIGHT_PER_MINUTE
         self.requests = 0
 
@@ -207,16 +224,13 @@ class CcxtExchange:
                 per_minute = float(limit["limit"]) / float(limit.get("intervalNum", 1))
                 self.weight_per_minute = int(per_minute)
                 break
-        budget = self.weight_per_minute * self.rate_budget_share
-        cost_units_per_minute = budget / _CCXT_WEIGHT_PER_COST_UNIT
-        self._ccxt.rateLimit = 60_000 / cost_units_per_minute
-        self._ccxt.tokenBucket = None
-        self._ccxt.init_rest_rate_limiter()
+        self.budget.declare(self.weight_per_minute * self.rate_budget_share)
         log.debug(
-            "rate budget: %.0f weight/min (%.0f%% of %d)",
-            budget,
+            "rate budget: %.0f weight/min (%.0f%% of %d), shared through %s",
+            self.budget.per_minute,
             self.rate_budget_share * 100,
             self.weight_per_minute,
+            self.budget.path or "this process only",
         )
 
     # -- the interface -------------------------------------------------------------------
@@ -247,16 +261,19 @@ class CcxtExchange:
         candles, _ = await self._klines(market["id"], symbol, since=0, end=None, limit=1)
         return int(candles["timestamp"].iloc[0]) if len(candles) else None
 
-    async def fetch_candles(self, symbol: str, start_ms: int, end_ms: int) -> FetchResult:
+    async def fetch_candles(
+        self, symbol: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> FetchResult:
         """Closed 1m candles with open time in [start_ms, end_ms), fetched in parallel chunks.
 
-        Closed is judged by the exchange's clock, so a local clock that runs ahead can never make
-        the open candle look final. A chunk whose requests fail for good is reported in the
-        result's coverage and the other chunks are kept, so one bad hour does not cost a year.
+        Closed is judged by the exchange's clock (`now_ms`, read from it unless the caller just
+        did), so a local clock that runs ahead can never make the open candle look final. A chunk
+        whose requests fail for good is reported in the result's coverage and the other chunks are
+        kept, so one bad hour does not cost a year.
         """
         market = await self._market(symbol)
         requests_before = self.requests
-        now = await self.server_time_ms()
+        now = await self.server_time_ms() if now_ms is None else now_ms
         start_ms -= start_ms % MINUTE_MS
         closed_until = max(start_ms, min(end_ms, now - now % MINUTE_MS))
         chunk = PAGE_LIMIT * MINUTE_MS
@@ -335,7 +352,6 @@ class CcxtExchange:
         """Run one request with the rate limiter, retrying transient failures with backoff."""
         delay = self.backoff_s
         for attempt in range(1, self.max_attempts + 1):
-            await self._wait_out_pause()
             try:
                 async with self._concurrency:
                     self.requests += 1
@@ -345,8 +361,8 @@ class CcxtExchange:
             except (ccxt.OperationFailed, MalformedAnswer) as exc:
                 retry_after = getattr(exc, "retry_after", None)
                 if isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded) and retry_after:
-                    # A 429/418 asks everyone to wait, not just this request.
-                    self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+                    # A 429/418 asks everyone to wait: every request of every process sharing the budget.
+                    self.budget.pause(retry_after)
                 if attempt == self.max_attempts:
                     kind = "malformed answer" if isinstance(exc, MalformedAnswer) else type(exc).__name__
                     detail = _short(exc).removeprefix(f"{what}: ")
@@ -367,11 +383,6 @@ class CcxtExchange:
             except ccxt.BaseError as exc:
                 raise ExchangeFailure(f"{what}: the exchange refused the request ({_short(exc)})") from exc
         raise AssertionError("unreachable")
-
-    async def _wait_out_pause(self) -> None:
-        remaining = self._paused_until - time.monotonic()
-        if remaining > 0:
-            await asyncio.sleep(remaining)
 
 
 async def gather_or_cancel(coroutines: Iterable[Coroutine[Any, Any, T]]) -> list[T]:

@@ -56,28 +56,33 @@ async def wait_until_closed(
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], float] = time.time,
-) -> None:
-    """Sleep until `buffer_s` after the minute closes by our clock, then until the exchange agrees."""
+) -> int:
+    """Sleep until `buffer_s` after the minute closes by our clock, then until the exchange agrees;
+    returns the exchange's time, so every symbol's fetch judges closed candles by it."""
     close_ms = minute_ms + MINUTE_MS
     wait = (close_ms / 1000 + buffer_s) - clock()
     if wait > 0:
         await sleep(wait)
     deadline = clock() + MAX_EXCHANGE_LAG_S
     while True:
-        behind = close_ms - await exchange.server_time_ms()
+        server_ms = await exchange.server_time_ms()
+        behind = close_ms - server_ms
         if behind <= 0 or clock() >= deadline:
-            return
+            return server_ms
         log.info("exchange clock is %.1fs behind the minute's close; waiting", behind / 1000)
         await sleep(behind / 1000 + 0.2)
 
 
-async def fetch_windows(exchange: Exchange, windows: dict[str, tuple[int, int]]) -> dict[str, FetchResult]:
+async def fetch_windows(
+    exchange: Exchange, windows: dict[str, tuple[int, int]], now_ms: int | None = None
+) -> dict[str, FetchResult]:
     """Fetch every symbol's window at once; a symbol that fails gets a result that says so (its
-    window becomes a `fetch_failed` hole), and the others keep their candles."""
+    window becomes a `fetch_failed` hole), and the others keep their candles. With `now_ms`, the
+    exchange's clock is not asked again per symbol (a third of a beat's request weight)."""
 
     async def one(symbol: str, start: int, end: int) -> tuple[str, FetchResult]:
         try:
-            return symbol, await exchange.fetch_candles(symbol, start, end)
+            return symbol, await exchange.fetch_candles(symbol, start, end, now_ms)
         except Exception as exc:  # one symbol's failure must not cost the others their candles
             return symbol, FetchResult.failed(start, end, f"{type(exc).__name__}: {exc}")
 

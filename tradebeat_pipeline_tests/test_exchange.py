@@ -123,17 +123,26 @@ def test_a_chunk_that_keeps_failing_costs_only_its_own_minutes(
     assert result.candles["timestamp"].tolist() == list(range(JAN1, second, 60_000))
 
 
-def test_the_client_throttles_to_its_share_of_the_declared_weight_budget(
+def test_the_budget_is_our_share_of_the_weight_the_exchange_declares(
     sandbox: Sandbox, sandbox_server: SandboxServer
 ) -> None:
-    async def budget(ex: CcxtExchange) -> tuple[int, float]:
+    async def budget(ex: CcxtExchange) -> float:
         await ex.check_symbol("BTC/USDT")
-        return ex.weight_per_minute, ex._ccxt.rateLimit
+        return ex.budget.per_minute
 
-    weight, rate_limit_ms = run(sandbox_server, budget, rate_budget_share=0.5)
-    assert weight == sandbox.weight_limit
-    # ccxt's cost unit is 5 weight: half of 6,000/min is 600 units/min, one per 100 ms.
-    assert rate_limit_ms == pytest.approx(60_000 / (sandbox.weight_limit * 0.5 / 5))
+    assert run(sandbox_server, budget, rate_budget_share=0.5) == sandbox.weight_limit * 0.5
+
+
+def test_each_request_is_charged_the_weight_the_exchange_counts_for_it(
+    sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    async def fetch(ex: CcxtExchange) -> dict[str, int]:
+        await ex.fetch_candles("BTC/USDT", JAN1, JAN1 + 3 * DAY)
+        return ex.budget.usage()
+
+    charged = run(sandbox_server, fetch)
+    assert charged["bulk"] == sum(w for _, w in sandbox.weight_log)
+    assert charged["bulk"] == 2 * 20 + 1 + 5 * 2  # exchangeInfo twice, time, five klines pages
 
 
 def test_the_first_candle_on_the_exchange_is_found(sandbox: Sandbox, sandbox_server: SandboxServer) -> None:

@@ -11,6 +11,7 @@ from datetime import date
 import dagster as dg
 import pandas as pd
 
+from tradebeat_pipeline.budget import Lane
 from tradebeat_pipeline.candles import DAY_MS, MINUTE_MS, contiguous_day_runs, day_window, iso_utc
 from tradebeat_pipeline.chart import SymbolChart, build_figure, write_page
 from tradebeat_pipeline.defs.checks import CHECK_SPECS, evaluate
@@ -137,12 +138,12 @@ async def _heartbeat(
     if not requested:
         raise dg.Failure("no registered symbol in this beat's range")
     windows = beat_windows(requested, newest, minute_ms)
-    async with exchange.open() as client:
+    async with exchange.open(Lane.BEAT) as client:
         # The run starts about a minute early: ask the slow questions while the minute is still open.
         first_candles = await _first_candles(client, unknown_start)
         probed = await _probe_all(client, probes)
-        await wait_until_closed(client, minute_ms, Settings.load().heartbeat_buffer_seconds)
-        results = await fetch_windows(client, windows)
+        server_ms = await wait_until_closed(client, minute_ms, Settings.load().heartbeat_buffer_seconds)
+        results = await fetch_windows(client, windows, server_ms)
     if all(r.failures for r in results.values()):
         raise dg.Failure(
             description=f"beat {iso_utc(minute_ms)}: every symbol failed",

@@ -6,9 +6,11 @@ environment/.env by `Settings.load()` when the resource is used, never while def
 """
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 
+from tradebeat_pipeline.budget import Lane, ledger_path
 from tradebeat_pipeline.exchange import CcxtExchange
 from tradebeat_pipeline.settings import Settings
 from tradebeat_pipeline.store import SQLiteStore
@@ -22,14 +24,21 @@ class ExchangeResource(dg.ConfigurableResource):
     timeout_ms: int | None = None
     concurrency: int = 8
 
-    def open(self) -> CcxtExchange:
-        """A new client; call it inside the event loop that will use it."""
+    def open(self, lane: Lane = Lane.BULK) -> CcxtExchange:
+        """A new client; call it inside the event loop that will use it.
+
+        Its request weight comes out of the budget every process of this deployment shares (a
+        ledger beside the database); the heartbeat asks in the beat lane, which goes first.
+        """
         settings = Settings.load()
+        api_url = self.api_url or settings.api_url
         return CcxtExchange(
-            api_url=self.api_url or settings.api_url,
+            api_url=api_url,
             api_key=settings.api_key,
             secret_key=settings.secret_key,
             rate_budget_share=self.rate_budget_share or settings.rate_budget_share,
+            budget_path=ledger_path(settings.db_path.parent, urlsplit(api_url).netloc),
+            lane=lane,
             timeout_ms=self.timeout_ms or int(settings.timeout_seconds * 1000),
             concurrency=self.concurrency,
             max_attempts=settings.retry_attempts,

@@ -83,6 +83,8 @@ class Sandbox:
     slow_s: float = 12.0
     faulted: Counter[str] = field(default_factory=Counter)  # faults actually served, by kind
     klines_log: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, answer)
+    weight_log: list[tuple[float, int]] = field(default_factory=list)  # (epoch s, weight) counted
+    rejected_for_weight: int = 0  # requests answered 429 because the minute's budget was spent
     _rng: random.Random = field(default_factory=lambda: random.Random(0))  # noqa: S311 (not crypto)
     _generation: int = 0
     _weight_minute: int = 0
@@ -112,6 +114,8 @@ class Sandbox:
             self.chaos_rate = 0.0
             self.faulted.clear()
             self.klines_log.clear()
+            self.weight_log.clear()
+            self.rejected_for_weight = 0
             self.requests.clear()
 
     def inject(
@@ -156,9 +160,27 @@ class Sandbox:
             if minute != self._weight_minute:
                 self._weight_minute, self._weight_used = minute, 0
             if self._weight_used + weight > self.weight_limit:
+                self.rejected_for_weight += 1
                 return max(1, 60 - int(time.time() % 60))
             self._weight_used += weight
+            self.weight_log.append((time.time(), weight))
             return None
+
+    def busiest_minutes(self) -> tuple[int, int]:
+        """The most weight counted in one clock minute, and in any 60 seconds at all."""
+        with self._lock:
+            log = sorted(self.weight_log)
+        by_minute: Counter[int] = Counter()
+        for t, w in log:
+            by_minute[int(t // 60)] += w
+        sliding, first, in_window = 0, 0, 0
+        for t, w in log:
+            in_window += w
+            while log[first][0] <= t - 60:
+                in_window -= log[first][1]
+                first += 1
+            sliding = max(sliding, in_window)
+        return max(by_minute.values(), default=0), sliding
 
     # -- HTTP ---------------------------------------------------------------------------
 

@@ -4,16 +4,18 @@ sandbox, and their runs executed in-process exactly as the daemon would launch t
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 import pytest
 
+from tradebeat_pipeline.budget import Lane, WeightBudget, ledger_path
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.definitions import defs
 from tradebeat_pipeline.defs.automation import heartbeat, symbols_sensor
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
 from tradebeat_pipeline.partitions import SYMBOLS_PARTITIONS_NAME
-from tradebeat_pipeline.sandbox.server import Sandbox
+from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
 from tradebeat_pipeline.store import SQLiteStore
 from tradebeat_pipeline_tests.conftest import database_checksum, ms
 
@@ -85,6 +87,19 @@ def test_the_beat_after_downtime_stores_every_missed_minute(
     assert run_beat(instance, sandbox, "2020-01-02T12:00:00Z").success
     times = stored_times(env)
     assert times == list(range(ms("2020-01-02T00:00:00Z"), ms("2020-01-02T12:00:00Z") + 1, MIN))
+
+
+def test_a_beat_spends_from_the_beat_lane_of_the_shared_budget_and_everything_else_from_bulk(
+    env: Path, sandbox: Sandbox, sandbox_server: SandboxServer, instance: dg.DagsterInstance
+) -> None:
+    ledger = WeightBudget(ledger_path(env.parent, urlsplit(sandbox_server.url).netloc), 3000, Lane.BULK)
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    after_add = ledger.usage()
+    assert run_beat(instance, sandbox, "2020-01-02T11:50:00Z").success
+    after_beat = ledger.usage()
+    assert after_add["beat"] == 0 < after_add["bulk"]
+    assert after_beat["bulk"] == after_add["bulk"]
+    assert after_beat["beat"] > 0
 
 
 def test_the_2359_candle_lands_in_yesterdays_partition_and_completes_it(

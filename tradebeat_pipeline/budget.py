@@ -1,0 +1,207 @@
+"""The exchange's request-weight budget, shared by every tradebeat process on this machine.
+
+Binance counts request weight per IP per minute. The heartbeat run, a backfill run and the CLI are
+separate processes: each throttling itself to "our share" would together spend several shares. So
+every request first takes its weight from one ledger, a small file under an exclusive `flock`
+holding the weight spent in each of the last `WINDOW_S` seconds, by lane.
+
+Heartbeats come first. Backfills and other bulk work (the bulk lane) may fill the window only up to
+`1 - BEAT_RESERVE` of the budget, and not at all while a beat is waiting for room; a beat may use
+all of it. A 429/418's Retry-After is written to the ledger too, so one ban stops every process.
+"""
+
+import asyncio
+import enum
+import fcntl
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("tradebeat.exchange")
+
+# The exchange counts each clock minute. Any 60 s of the exchange's clock falls within 62 of our
+# one-second buckets, whatever the offset between the clocks, with up to a second for a request to
+# travel; so no exchange minute can see more than one window's budget.
+WINDOW_S = 62
+# Share of the budget only heartbeats may use: a beat costs ~2 weight per symbol (one klines request
+# each) plus ~45 for markets and time, so 20 % of Binance's 3,000 covers ~275 symbols.
+BEAT_RESERVE = 0.2
+# A beat refused for lack of room holds bulk work back this long (renewed while it keeps waiting),
+# so a dead beat cannot starve backfills.
+BEAT_WAIT_LEASE_S = 2.0
+
+
+class Lane(enum.StrEnum):
+    """Who is asking: the minute heartbeat, or anything that can wait (backfills, CLI, sensor)."""
+
+    BEAT = "beat"
+    BULK = "bulk"
+
+
+class BudgetUnavailable(RuntimeError):
+    """The shared ledger cannot be opened: requests would go unaccounted."""
+
+
+@dataclass
+class _Ledger:
+    spent: dict[int, dict[str, int]] = field(default_factory=dict)  # second -> lane -> weight
+    beat_waiting_until: float = 0.0
+    paused_until: float = 0.0
+    per_minute: float = 0.0  # the budget the exchange last declared (0: not yet known)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> "_Ledger":
+        data = json.loads(raw)
+        return cls(
+            spent={int(s): {str(k): int(v) for k, v in lanes.items()} for s, lanes in data["spent"].items()},
+            beat_waiting_until=float(data["beat_waiting_until"]),
+            paused_until=float(data["paused_until"]),
+            per_minute=float(data["per_minute"]),
+        )
+
+    def dump(self) -> bytes:
+        return json.dumps(
+            {
+                "spent": self.spent,
+                "beat_waiting_until": self.beat_waiting_until,
+                "paused_until": self.paused_until,
+                "per_minute": self.per_minute,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    def forget_before(self, second: int) -> None:
+        for s in [s for s in self.spent if s < second]:
+            del self.spent[s]
+
+    def used(self) -> int:
+        return sum(w for lanes in self.spent.values() for w in lanes.values())
+
+
+def ledger_path(directory: Path, api_host: str) -> Path:
+    """One ledger per exchange host, beside the database every process of a deployment shares."""
+    return directory / f"rate-budget-{re.sub(r'[^A-Za-z0-9.-]', '_', api_host)}.json"
+
+
+class WeightBudget:
+    """Request weight per minute for all processes sharing `path` (one process only when None)."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        per_minute: float,
+        lane: Lane,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.per_minute = per_minute
+        self.lane = lane
+        self._clock = clock
+        self._memory = _Ledger()
+        self.refusals: Counter[str] = Counter()  # why requests had to wait, for logs and tests
+
+    def declare(self, per_minute: float) -> None:
+        """The budget the exchange declares (times our share), for every process from now on;
+        one that has not asked the exchange yet would otherwise assume Binance's."""
+        self.per_minute = per_minute
+        with self._ledger() as ledger:
+            ledger.per_minute = per_minute
+
+    def take(self, weight: int) -> float:
+        """Spend `weight` now if the window has room (0.0), else the seconds to wait before asking again."""
+        now = self._clock()
+        second = int(now)
+        with self._ledger() as ledger:
+            ledger.forget_before(second - WINDOW_S + 1)
+            if now < ledger.paused_until:
+                self.refusals["paused"] += 1
+                return ledger.paused_until - now
+            if self.lane is Lane.BULK and now < ledger.beat_waiting_until:
+                self.refusals["beat waiting"] += 1
+                return ledger.beat_waiting_until - now
+            budget = min(self.per_minute, ledger.per_minute or self.per_minute)
+            cap = budget * (1 - BEAT_RESERVE if self.lane is Lane.BULK else 1)
+            used = ledger.used()
+            if used + weight <= cap or used == 0:  # an empty window admits even an oversized request
+                lanes = ledger.spent.setdefault(second, {})
+                lanes[self.lane] = lanes.get(self.lane, 0) + weight
+                if self.lane is Lane.BEAT:
+                    ledger.beat_waiting_until = 0.0
+                return 0.0
+            self.refusals["window full"] += 1
+            if self.lane is Lane.BEAT:
+                ledger.beat_waiting_until = now + BEAT_WAIT_LEASE_S
+            return _until_room(ledger, used + weight - cap, now)
+
+    async def spend(self, weight: int, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Wait until the shared window has room for `weight`, then spend it."""
+        while (wait := self.take(weight)) > 0:
+            await sleep(wait)
+
+    def pause(self, seconds: float) -> None:
+        """The exchange asked us to stop (Retry-After): every process waits that long."""
+        until = self._clock() + seconds
+        with self._ledger() as ledger:
+            ledger.paused_until = max(ledger.paused_until, until)
+
+    def usage(self) -> dict[str, int]:
+        """Weight spent in the current window, by lane."""
+        second = int(self._clock())
+        with self._ledger() as ledger:
+            ledger.forget_before(second - WINDOW_S + 1)
+            used: Counter[str] = Counter()
+            for lanes in ledger.spent.values():
+                used.update(lanes)
+            return {lane: used[lane] for lane in Lane}
+
+    @contextmanager
+    def _ledger(self) -> Iterator[_Ledger]:
+        """The ledger, locked against every other process until the block ends, then saved."""
+        if self.path is None:
+            yield self._memory
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise BudgetUnavailable(f"cannot open the shared rate budget {self.path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = _read_all(fd)
+            try:
+                ledger = _Ledger.parse(raw) if raw else _Ledger()
+            except (ValueError, KeyError, TypeError, AttributeError):
+                # Only a crash between truncate and write leaves this; the window restarts empty.
+                log.warning("rate budget %s was unreadable; starting a new window", self.path)
+                ledger = _Ledger()
+            yield ledger
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, ledger.dump())
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _until_room(ledger: _Ledger, excess: float, now: float) -> float:
+    """Seconds until enough of the oldest spending leaves the window to free `excess` weight."""
+    freed = 0
+    for second in sorted(ledger.spent):
+        freed += sum(ledger.spent[second].values())
+        if freed >= excess:
+            return max(0.05, second + WINDOW_S - now)
+    return 0.05
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)

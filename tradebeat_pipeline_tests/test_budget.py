@@ -1,0 +1,269 @@
+"""The shared request-weight budget: what every process together may spend, and who goes first.
+
+Two `WeightBudget`s on one ledger file stand for two processes (each call opens and locks the file
+anew, exactly as separate processes do), with the clock set by hand. The last tests run real
+processes with the ccxt client against the sandbox, which measures what it was sent.
+"""
+
+import bisect
+import itertools
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tradebeat_pipeline.budget import (
+    BEAT_RESERVE,
+    BEAT_WAIT_LEASE_S,
+    WINDOW_S,
+    BudgetUnavailable,
+    Lane,
+    WeightBudget,
+    ledger_path,
+)
+from tradebeat_pipeline.sandbox.server import SandboxServer
+from tradebeat_pipeline_tests.conftest import ms
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Path:
+    return ledger_path(tmp_path, "127.0.0.1:8765")
+
+
+def budget(ledger: Path, clock: Clock, lane: Lane = Lane.BULK, per_minute: float = 100) -> WeightBudget:
+    return WeightBudget(ledger, per_minute, lane, clock=clock)
+
+
+def test_a_process_spends_up_to_its_lane_then_waits_for_its_oldest_weight_to_leave_the_window(
+    ledger: Path, clock: Clock
+) -> None:
+    bulk = budget(ledger, clock)  # bulk lane: 80 of 100
+    assert [bulk.take(20) for _ in range(4)] == [0.0] * 4
+    clock.now += 10.5
+    assert bulk.take(2) == pytest.approx(WINDOW_S - 10.5)
+    clock.now += WINDOW_S - 10.5
+    assert bulk.take(2) == 0.0
+
+
+def test_two_processes_sharing_the_ledger_stay_within_one_budget_together(ledger: Path, clock: Clock) -> None:
+    first, second = budget(ledger, clock), budget(ledger, clock)
+    assert first.take(50) == 0.0
+    assert second.take(30) == 0.0
+    assert second.take(1) > 0
+    assert first.take(1) > 0
+    assert first.usage() == {"beat": 0, "bulk": 80}
+
+
+def test_backfills_leave_the_beat_reserve_free_for_the_heartbeat(ledger: Path, clock: Clock) -> None:
+    backfill, beat = budget(ledger, clock), budget(ledger, clock, Lane.BEAT)
+    assert backfill.take(80) == 0.0
+    assert backfill.take(1) > 0
+    assert beat.take(20) == 0.0
+    assert beat.take(1) > 0  # the whole budget is spent now
+    assert beat.refusals == {"window full": 1}
+
+
+def test_a_waiting_beat_holds_backfills_back_although_their_lane_has_room(ledger: Path, clock: Clock) -> None:
+    backfill, beat = budget(ledger, clock), budget(ledger, clock, Lane.BEAT)
+    assert beat.take(90) == 0.0
+    assert beat.take(20) > 0  # the beat now waits for room ...
+    assert backfill.take(1) == pytest.approx(BEAT_WAIT_LEASE_S)  # ... and bulk work waits behind it
+    assert backfill.refusals == {"beat waiting": 1}
+
+
+def test_a_beat_that_stops_waiting_holds_backfills_back_no_longer_than_its_lease(
+    ledger: Path, clock: Clock
+) -> None:
+    backfill, beat = budget(ledger, clock), budget(ledger, clock, Lane.BEAT)
+    assert beat.take(90) == 0.0
+    assert beat.take(20) > 0  # and then its run dies
+    clock.now += WINDOW_S
+    assert backfill.take(1) == 0.0
+
+
+def test_retry_after_pauses_every_process_and_lane_sharing_the_ledger(ledger: Path, clock: Clock) -> None:
+    backfill, beat = budget(ledger, clock), budget(ledger, clock, Lane.BEAT)
+    beat.pause(2.0)
+    assert backfill.take(1) == pytest.approx(2.0)
+    assert beat.take(1) == pytest.approx(2.0)
+    clock.now += 2.0
+    assert beat.take(1) == 0.0
+
+
+def test_the_budget_one_process_learned_from_the_exchange_binds_processes_that_have_not_asked_yet(
+    ledger: Path, clock: Clock
+) -> None:
+    budget(ledger, clock, per_minute=3000).declare(50)  # the exchange declared less than Binance's
+    newcomer = budget(ledger, clock, per_minute=3000)
+    assert newcomer.take(40) == 0.0
+    assert newcomer.take(1) > 0
+
+
+def test_a_request_heavier_than_the_whole_lane_still_goes_through_an_empty_window(
+    ledger: Path, clock: Clock
+) -> None:
+    assert budget(ledger, clock, per_minute=10).take(20) == 0.0
+
+
+def test_an_unreadable_ledger_starts_a_new_window_instead_of_stopping_every_request(
+    ledger: Path, clock: Clock
+) -> None:
+    ledger.write_bytes(b'{"spent": {"17')  # what a crash between truncate and write leaves
+    assert budget(ledger, clock).take(5) == 0.0
+    assert budget(ledger, clock).usage() == {"beat": 0, "bulk": 5}
+
+
+def test_a_ledger_that_cannot_be_opened_is_an_error_naming_it(tmp_path: Path, clock: Clock) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(BudgetUnavailable, match=r"cannot open the shared rate budget .*a-file"):
+        budget(ledger_path(blocked, "api.binance.com"), clock).take(1)
+
+
+def test_the_ledger_file_name_cannot_be_steered_out_of_its_directory_by_the_host(tmp_path: Path) -> None:
+    assert ledger_path(tmp_path, "../../etc:80").parent == tmp_path
+
+
+def test_no_sixty_seconds_ever_hold_more_than_the_budget_whoever_asks_and_whenever(
+    ledger: Path, clock: Clock
+) -> None:
+    """Three processes (a beat, two backfills) asking at random moments for 20 simulated minutes."""
+    rng = random.Random(7)
+    askers = [budget(ledger, clock, Lane.BEAT), budget(ledger, clock), budget(ledger, clock)]
+    spent: list[tuple[float, int]] = []
+    end = clock.now + 1200
+    while clock.now < end:
+        clock.now += rng.uniform(0.0, 0.4)
+        weight = rng.choice([1, 2, 2, 2, 20])
+        if rng.choice(askers).take(weight) == 0.0:
+            spent.append((clock.now, weight))
+    assert sum(w for _, w in spent) > 100 * 18  # the budget was the limit, not the demand
+    times = [t for t, _ in spent]
+    weights = [0, *itertools.accumulate(w for _, w in spent)]
+    for i, start in enumerate(times):
+        last = bisect.bisect_left(times, start + 61)
+        assert weights[last] - weights[i] <= 100
+
+
+# One process fetching `pages` of a symbol's candles in the given lane; prints what it got.
+FETCHER = """
+import asyncio, json, sys
+from pathlib import Path
+from tradebeat_pipeline.budget import Lane
+from tradebeat_pipeline.exchange import CcxtExchange
+
+url, ledger, lane, symbol, start, pages = sys.argv[1:]
+async def go():
+    async with CcxtExchange(api_url=url, budget_path=Path(ledger), lane=Lane(lane), backoff_s=0.01) as ex:
+        result = await ex.fetch_candles(symbol, int(start), int(start) + int(pages) * 1000 * 60_000)
+        return {"candles": len(result.candles), "refusals": dict(ex.budget.refusals)}
+print(json.dumps(asyncio.run(go())))
+"""
+EXCHANGE_LIMIT = 1000  # declared by the sandbox for this run: our half is 500 a minute, 400 for bulk
+START = ms("2025-01-01T00:00:00Z")
+BULK_PAGES = 120  # 41 + 240 weight each: two of them need more than one window of the bulk lane
+BEAT_PAGES = 10  # 41 + 20 weight: within the beat reserve
+
+
+@dataclass(frozen=True)
+class SharedRun:
+    budget: float
+    busiest_clock_minute: int
+    busiest_60_seconds: int
+    served: int
+    rejected: int
+    results: dict[str, dict[str, object]]
+
+
+def _fetcher(url: str, ledger: Path, lane: Lane, symbol: str, pages: int) -> "subprocess.Popen[str]":
+    argv = [sys.executable, "-c", FETCHER, url, str(ledger), lane, symbol, str(START), str(pages)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def shared_run(
+    sandbox_server: SandboxServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SharedRun]:
+    """Two backfill processes and, once they have filled their lane, a heartbeat process, all
+    sharing one ledger, against a sandbox declaring a small budget."""
+    sandbox = sandbox_server.sandbox
+    sandbox.reset()
+    limit_before, sandbox.weight_limit = sandbox.weight_limit, EXCHANGE_LIMIT
+    ledger = ledger_path(tmp_path_factory.mktemp("budget"), "sandbox")
+    try:
+        backfills = {
+            s: _fetcher(sandbox_server.url, ledger, Lane.BULK, s, BULK_PAGES)
+            for s in ("S001/USDT", "S002/USDT")
+        }
+        deadline = time.monotonic() + 60
+        while sum(w for _, w in sandbox.weight_log) < EXCHANGE_LIMIT / 2 * (1 - BEAT_RESERVE) - 10:
+            assert time.monotonic() < deadline, "the backfills never filled their lane"
+            time.sleep(0.05)
+        beat = _fetcher(sandbox_server.url, ledger, Lane.BEAT, "S003/USDT", BEAT_PAGES)
+        results = {}
+        for symbol, process in [*backfills.items(), ("S003/USDT", beat)]:
+            out, _ = process.communicate(timeout=300)
+            assert process.returncode == 0
+            results[symbol] = json.loads(out)
+        clock_minute, sliding = sandbox.busiest_minutes()
+        yield SharedRun(
+            budget=EXCHANGE_LIMIT / 2,
+            busiest_clock_minute=clock_minute,
+            busiest_60_seconds=sliding,
+            served=sum(w for _, w in sandbox.weight_log),
+            rejected=sandbox.rejected_for_weight,
+            results=results,
+        )
+    finally:
+        sandbox.weight_limit = limit_before
+        sandbox.reset()
+
+
+@pytest.mark.slow
+def test_processes_sharing_a_deployment_together_never_send_more_than_our_share(
+    shared_run: SharedRun,
+) -> None:
+    assert shared_run.served > shared_run.budget  # more than one window's worth was asked for
+    assert shared_run.busiest_60_seconds <= shared_run.budget
+    assert shared_run.busiest_clock_minute <= shared_run.budget
+    assert shared_run.rejected == 0
+
+
+@pytest.mark.slow
+def test_a_heartbeat_is_never_held_back_by_backfills_that_filled_their_lane(shared_run: SharedRun) -> None:
+    assert shared_run.results["S003/USDT"]["refusals"] == {}
+    for backfill in ("S001/USDT", "S002/USDT"):
+        assert shared_run.results[backfill]["refusals"] != {}
+    assert "window full" in {
+        reason
+        for r in shared_run.results.values()
+        for reason in r["refusals"]  # type: ignore[attr-defined]
+    }
+
+
+@pytest.mark.slow
+def test_every_process_gets_all_its_candles_while_waiting_its_turn(shared_run: SharedRun) -> None:
+    assert {s: r["candles"] for s, r in shared_run.results.items()} == {
+        "S001/USDT": BULK_PAGES * 1000,
+        "S002/USDT": BULK_PAGES * 1000,
+        "S003/USDT": BEAT_PAGES * 1000,
+    }
