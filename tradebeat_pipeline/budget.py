@@ -30,8 +30,9 @@ log = logging.getLogger("tradebeat.exchange")
 # one-second buckets, whatever the offset between the clocks, with up to a second for a request to
 # travel; so no exchange minute can see more than one window's budget.
 WINDOW_S = 62
-# Share of the budget only heartbeats may use: a beat costs ~2 weight per symbol (one klines request
-# each) plus ~45 for markets and time, so 20 % of Binance's 3,000 covers ~275 symbols.
+# Share of the budget only heartbeats may use: a beat costs 2 weight per symbol (one klines request
+# each) plus ~22 for the markets and the exchange's clock, so 20 % of our half of Binance's 6,000
+# covers ~290 symbols.
 BEAT_RESERVE = 0.2
 # A beat refused for lack of room holds bulk work back this long (renewed while it keeps waiting),
 # so a dead beat cannot starve backfills.

@@ -115,6 +115,7 @@ class _Binance(ccxt.binance):  # type: ignore[misc]  # ccxt ships no type stubs
     per-process limiter, with the failing answer's Retry-After attached to the exception."""
 
     budget: WeightBudget
+    exchange_info: dict[str, Any] | None = None  # the last exchangeInfo answer: its rateLimits
 
     async def throttle(self, cost: float | None = None) -> None:
         # ccxt calls this before every request it sends, with the endpoint's cost.
@@ -123,12 +124,16 @@ class _Binance(ccxt.binance):  # type: ignore[misc]  # ccxt ships no type stubs
 
     async def fetch(self, url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
         try:
-            return await super().fetch(url, method, headers, body)
+            answer = await super().fetch(url, method, headers, body)
         except ccxt.BaseError as exc:
             # No await lies between ccxt storing these headers and raising, so they are this answer's.
             answer_headers = self.last_response_headers or {}
             exc.retry_after = _retry_after_seconds(answer_headers)
             raise
+        if urlsplit(url).path.endswith("/exchangeInfo") and isinstance(answer, dict):
+            # load_markets reads the markets from it and drops the rest; the budget is in the rest.
+            self.exchange_info = answer
+        return answer
 
 
 def _retry_after_seconds(headers: dict[str, str]) -> float | None:
@@ -194,6 +199,7 @@ class CcxtExchange:
         self.backoff_s = backoff_s
         self._concurrency = asyncio.Semaphore(concurrency)
         self._markets_loaded = False
+        self._markets_lock = asyncio.Lock()
         self.weight_per_minute = DEFAULT_WEIGHT_PER_MINUTE
         self.requests = 0
 
@@ -209,12 +215,14 @@ class CcxtExchange:
         await self.close()
 
     async def _ensure_markets(self) -> None:
-        if self._markets_loaded:
-            return
-        info = await self._call("exchangeInfo", lambda: self._ccxt.publicGetExchangeInfo())
-        self._apply_rate_budget(info)
-        await self._call("markets", lambda: self._ccxt.load_markets())
-        self._markets_loaded = True
+        # Concurrent first requests (a beat's hundred symbols) must load the markets once: each
+        # load is an exchangeInfo request of weight 20.
+        async with self._markets_lock:
+            if self._markets_loaded:
+                return
+            await self._call("markets", lambda: self._ccxt.load_markets())
+            self._apply_rate_budget(self._ccxt.exchange_info)
+            self._markets_loaded = True
 
     def _apply_rate_budget(self, info: Any) -> None:
         """Throttle to our share of the budget the exchange itself declares."""

@@ -9,6 +9,7 @@ import pytest
 
 from tradebeat_pipeline.exchange import (
     CcxtExchange,
+    FetchResult,
     SymbolNotListed,
     SymbolNotTrading,
 )
@@ -142,7 +143,20 @@ def test_each_request_is_charged_the_weight_the_exchange_counts_for_it(
 
     charged = run(sandbox_server, fetch)
     assert charged["bulk"] == sum(w for _, w in sandbox.weight_log)
-    assert charged["bulk"] == 2 * 20 + 1 + 5 * 2  # exchangeInfo twice, time, five klines pages
+    assert charged["bulk"] == 20 + 1 + 5 * 2  # exchangeInfo, time, five klines pages
+
+
+def test_symbols_fetched_at_once_load_the_markets_with_one_exchange_info_request(
+    sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    symbols = [f"S{i:03d}/USDT" for i in range(20)]
+
+    async def fetch_all(ex: CcxtExchange) -> list[FetchResult]:
+        return list(await asyncio.gather(*(ex.fetch_candles(s, JAN1, JAN1 + 60_000) for s in symbols)))
+
+    results = run(sandbox_server, fetch_all)
+    assert [len(r.candles) for r in results] == [1] * 20
+    assert sandbox.requests["exchangeInfo"] == 1
 
 
 def test_the_first_candle_on_the_exchange_is_found(sandbox: Sandbox, sandbox_server: SandboxServer) -> None:
