@@ -1,6 +1,6 @@
 """The reliability table: each fault, what was injected, candles expected / stored / duplicated.
 
-    uv run python benchmarks/reliability.py [--beats 200 --symbols 10]
+    uv run python benchmarks/reliability.py [--beats 200 --symbols 10] [--table-only | --storage-only]
 
 Drives the real system (CLI backfills as one Dagster run each, real ccxt over HTTP to the sandbox,
 a real SQLite file, a real Dagster instance in a temporary home), then measures the instance's growth
@@ -32,6 +32,21 @@ from tradebeat_pipeline.settings import PROJECT_DIR
 JAN1 = 1_577_836_800_000
 MIN = 60_000
 THREE_DAYS = ["--start", "2020-01-01", "--end", "2020-01-03"]
+
+
+# One heartbeat run for a symbol's 2020-01-02, in a process of its own: argv symbol, beat minute (ms).
+BEAT = (
+    "import sys, dagster as dg; from datetime import date\n"
+    "from tradebeat_pipeline.definitions import resources\n"
+    "from tradebeat_pipeline.defs.assets import ohlcv_1m\n"
+    "from tradebeat_pipeline.partitions import range_tags, BEAT_MINUTE_TAG, KIND_TAG\n"
+    "with dg.DagsterInstance.get() as i:\n"
+    "    d = date(2020, 1, 2)\n"
+    "    r = dg.materialize([ohlcv_1m], instance=i, resources=resources(), raise_on_error=False,\n"
+    "        tags={**range_tags((d, sys.argv[1]), (d, sys.argv[1])), KIND_TAG: 'heartbeat',\n"
+    "              BEAT_MINUTE_TAG: sys.argv[2]})\n"
+    "sys.exit(0 if r.success else 1)\n"
+)
 
 
 def counts(db: Path) -> tuple[int, int]:
@@ -101,29 +116,55 @@ def crash(b: Bench) -> None:
 
 def concurrency(b: Bench) -> None:
     db = b.fresh()
-    beat = (
-        "import sys, dagster as dg; from datetime import date\n"
-        "from tradebeat_pipeline.definitions import resources\n"
-        "from tradebeat_pipeline.defs.assets import ohlcv_1m\n"
-        "from tradebeat_pipeline.partitions import range_tags, BEAT_MINUTE_TAG, KIND_TAG\n"
-        "with dg.DagsterInstance.get() as i:\n"
-        "    d = date(2020, 1, 2)\n"
-        "    r = dg.materialize([ohlcv_1m], instance=i, resources=resources(), raise_on_error=False,\n"
-        "        tags={**range_tags((d, 'BTC/USDT'), (d, 'BTC/USDT')), KIND_TAG: 'heartbeat',\n"
-        "              BEAT_MINUTE_TAG: sys.argv[1]})\n"
-        "sys.exit(0 if r.success else 1)\n"
-    )
     writers = [
         subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # our own argv
         for argv in (
             [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *THREE_DAYS],
-            [sys.executable, "-c", beat, str(JAN1 + 2 * 1440 * MIN - MIN)],
+            [sys.executable, "-c", BEAT, "BTC/USDT", str(JAN1 + 2 * 1440 * MIN - MIN)],
         )
     ]
     outs = [w.communicate()[0] for w in writers]
     locked = sum(o.count("locked") for o in outs)
     code = max(w.returncode for w in writers)
     b.row(f"heartbeat + backfill, same day at once ({locked} 'locked')", "two writer processes", code, db)
+
+
+def rate_budget(b: Bench) -> None:
+    """Two backfill runs and a heartbeat run in three processes against an exchange declaring 1,000
+    weight a minute: together they must stay within our half of it."""
+    db = b.fresh()
+    limit_before, b.sandbox.weight_limit = b.sandbox.weight_limit, 1000
+    assert cli(["symbols", "add", "S001/USDT", "S002/USDT", "S003/USDT"]) == 0
+    b.sandbox.reset()
+    days = ["--start", "2020-01-01", "--end", "2020-03-23"]  # 83 days: 120 klines pages each
+    backfills = [
+        subprocess.Popen(  # our own argv
+            [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", symbol, *days],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for symbol in ("S001/USDT", "S002/USDT")
+    ]
+    while sum(w for _, w in b.sandbox.weight_log) < 380:  # the backfills have filled their lane
+        time.sleep(0.05)
+    beat = subprocess.Popen(  # our own argv
+        [sys.executable, "-c", BEAT, "S003/USDT", str(JAN1 + 2 * 1440 * MIN - MIN)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    code = max(p.wait() for p in [*backfills, beat])
+    clock_minute, sliding = b.sandbox.busiest_minutes()
+    b.sandbox.weight_limit = limit_before
+    expected = 2 * 83 * 1440 + 1440  # the beat stores its whole day (nothing was stored before)
+    stored, duplicated = counts(db)
+    served = sum(w for _, w in b.sandbox.weight_log)
+    print(
+        f"| rate budget: 2 backfills + a heartbeat, 3 processes (exchange saw {served} weight; busiest "
+        f"60 s {sliding}, busiest clock minute {clock_minute}, 429s {b.sandbox.rejected_for_weight}) "
+        f"| exchange declares 1,000/min, our share 500 | 0 | {expected} | {stored} | {duplicated} | "
+        f"{expected - stored} | {'none' if code == 0 else f'exit {code}'} |",
+        flush=True,
+    )
 
 
 def instance_size(home: Path) -> int:
@@ -190,6 +231,7 @@ def main() -> None:
     parser.add_argument("--beats", type=int, default=200)
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--storage-only", action="store_true", help="skip the fault table")
+    parser.add_argument("--table-only", action="store_true", help="skip the instance storage measurement")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -211,7 +253,9 @@ def main() -> None:
             exchange_faults(b)
             crash(b)
             concurrency(b)
-        storage(b, args.beats, args.symbols)
+            rate_budget(b)
+        if not args.table_only:
+            storage(b, args.beats, args.symbols)
 
 
 if __name__ == "__main__":
