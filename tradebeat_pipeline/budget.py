@@ -34,8 +34,8 @@ WINDOW_S = 62
 # each) plus ~22 for the markets and the exchange's clock, so 20 % of our half of Binance's 6,000
 # covers ~290 symbols.
 BEAT_RESERVE = 0.2
-# A beat refused for lack of room holds bulk work back this long (renewed while it keeps waiting),
-# so a dead beat cannot starve backfills.
+# A beat refused for lack of room holds bulk work back until this long after it will ask again
+# (renewed while it keeps waiting), so a beat whose run died holds backfills back one window at most.
 BEAT_WAIT_LEASE_S = 2.0
 
 
@@ -138,9 +138,11 @@ class WeightBudget:
                     ledger.beat_waiting_until = 0.0
                 return 0.0
             self.refusals["window full"] += 1
+            wait = _until_room(ledger, used + weight - cap, now)
             if self.lane is Lane.BEAT:
-                ledger.beat_waiting_until = now + BEAT_WAIT_LEASE_S
-            return _until_room(ledger, used + weight - cap, now)
+                # Held until just after the beat asks again, so the room it waits for is its own.
+                ledger.beat_waiting_until = now + wait + BEAT_WAIT_LEASE_S
+            return wait
 
     async def spend(self, weight: int, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         """Wait until the shared window has room for `weight`, then spend it."""
