@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 log = logging.getLogger("tradebeat.exchange")
 
@@ -86,9 +87,20 @@ class _Ledger:
         return sum(w for lanes in self.spent.values() for w in lanes.values())
 
 
-def ledger_path(directory: Path, api_host: str) -> Path:
+@dataclass(frozen=True)
+class BudgetUse:
+    """What every process sharing a ledger spent in the current window."""
+
+    per_minute: float  # our share of what the exchange declared (0: never declared yet)
+    beat: int
+    bulk: int
+    paused_for_s: float  # > 0 while an exchange's Retry-After holds every request
+
+
+def ledger_path(db_path: Path, api_url: str) -> Path:
     """One ledger per exchange host, beside the database every process of a deployment shares."""
-    return directory / f"rate-budget-{re.sub(r'[^A-Za-z0-9.-]', '_', api_host)}.json"
+    host = urlsplit(api_url).netloc
+    return db_path.parent / f"rate-budget-{re.sub(r'[^A-Za-z0-9.-]', '_', host)}.json"
 
 
 class WeightBudget:
@@ -155,18 +167,20 @@ class WeightBudget:
         with self._ledger() as ledger:
             ledger.paused_until = max(ledger.paused_until, until)
 
-    def usage(self) -> dict[str, int]:
-        """Weight spent in the current window, by lane."""
-        second = int(self._clock())
-        with self._ledger() as ledger:
-            ledger.forget_before(second - WINDOW_S + 1)
+    def use(self) -> BudgetUse:
+        """The current window as `tradebeat status` shows it; reading changes nothing."""
+        now = self._clock()
+        with self._ledger(save=False) as ledger:
+            ledger.forget_before(int(now) - WINDOW_S + 1)
             used: Counter[str] = Counter()
             for lanes in ledger.spent.values():
                 used.update(lanes)
-            return {lane: used[lane] for lane in Lane}
+            return BudgetUse(
+                ledger.per_minute, used[Lane.BEAT], used[Lane.BULK], max(0.0, ledger.paused_until - now)
+            )
 
     @contextmanager
-    def _ledger(self) -> Iterator[_Ledger]:
+    def _ledger(self, *, save: bool = True) -> Iterator[_Ledger]:
         """The ledger, locked against every other process until the block ends, then saved."""
         if self.path is None:
             yield self._memory
@@ -186,6 +200,8 @@ class WeightBudget:
                 log.warning("rate budget %s was unreadable; starting a new window", self.path)
                 ledger = _Ledger()
             yield ledger
+            if not save:
+                return
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)
             os.write(fd, ledger.dump())

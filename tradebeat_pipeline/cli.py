@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,6 +27,7 @@ from typing import Any, TextIO
 import dagster as dg
 
 from tradebeat_pipeline import health
+from tradebeat_pipeline.budget import WINDOW_S, BudgetUse, Lane, WeightBudget, ledger_path
 from tradebeat_pipeline.candles import (
     DAY_MS,
     EXCHANGE_EPOCH,
@@ -277,7 +279,9 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
                 )
             ]
             heartbeats = [h.timestamp for h in dagster.get_daemon_heartbeats().values()]
-    except (StoreError, sqlite3.Error, dg.DagsterError) as exc:
+        ledger = ledger_path(settings.db_path, settings.api_url)
+        budget = WeightBudget(ledger, 0, Lane.BULK, clock=health.clock).use() if ledger.exists() else None
+    except (StoreError, sqlite3.Error, dg.DagsterError, OSError) as exc:
         print(f"tradebeat: UNKNOWN: {exc}", file=sys.stderr)
         return int(health.Health.UNKNOWN)
     report = health.judge(
@@ -288,10 +292,27 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
         beats=beats,
     )
     if args.json:
-        print(json.dumps(report.as_json(), separators=(",", ":")))
+        out = report.as_json()
+        out["rate_budget"] = None if budget is None else asdict(budget)
+        print(json.dumps(out, separators=(",", ":")))
     else:
         _print_status(report)
+        _print_budget(budget)
     return int(report.health)
+
+
+def _print_budget(use: BudgetUse | None) -> None:
+    """The shared request-weight budget: why a backfill may be going slowly."""
+    if use is None:
+        print("rate budget: no request sent yet")
+        return
+    line = (
+        f"rate budget: {use.beat + use.bulk:,} of {use.per_minute:,.0f} weight in the last {WINDOW_S} s "
+        f"(heartbeat {use.beat:,}, backfills and the rest {use.bulk:,})"
+    )
+    if use.paused_for_s > 0:
+        line += f"; the exchange paused every request for {use.paused_for_s:.0f}s more (Retry-After)"
+    print(line)
 
 
 def _beat_minute(tag: str | None) -> str | None:

@@ -46,7 +46,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Path:
-    return ledger_path(tmp_path, "127.0.0.1:8765")
+    return ledger_path(tmp_path / "tradebeat.sqlite", "http://127.0.0.1:8765")
 
 
 def budget(ledger: Path, clock: Clock, lane: Lane = Lane.BULK, per_minute: float = 100) -> WeightBudget:
@@ -70,7 +70,8 @@ def test_two_processes_sharing_the_ledger_stay_within_one_budget_together(ledger
     assert second.take(30) == 0.0
     assert second.take(1) > 0
     assert first.take(1) > 0
-    assert first.usage() == {"beat": 0, "bulk": 80}
+    use = first.use()
+    assert (use.beat, use.bulk) == (0, 80)
 
 
 def test_backfills_leave_the_beat_reserve_free_for_the_heartbeat(ledger: Path, clock: Clock) -> None:
@@ -104,6 +105,7 @@ def test_a_beat_whose_run_died_holds_backfills_back_no_longer_than_a_window_and_
 def test_retry_after_pauses_every_process_and_lane_sharing_the_ledger(ledger: Path, clock: Clock) -> None:
     backfill, beat = budget(ledger, clock), budget(ledger, clock, Lane.BEAT)
     beat.pause(2.0)
+    assert backfill.use().paused_for_s == pytest.approx(2.0)
     assert backfill.take(1) == pytest.approx(2.0)
     assert beat.take(1) == pytest.approx(2.0)
     clock.now += 2.0
@@ -130,18 +132,18 @@ def test_an_unreadable_ledger_starts_a_new_window_instead_of_stopping_every_requ
 ) -> None:
     ledger.write_bytes(b'{"spent": {"17')  # what a crash between truncate and write leaves
     assert budget(ledger, clock).take(5) == 0.0
-    assert budget(ledger, clock).usage() == {"beat": 0, "bulk": 5}
+    assert budget(ledger, clock).use().bulk == 5
 
 
 def test_a_ledger_that_cannot_be_opened_is_an_error_naming_it(tmp_path: Path, clock: Clock) -> None:
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     with pytest.raises(BudgetUnavailable, match=r"cannot open the shared rate budget .*a-file"):
-        budget(ledger_path(blocked, "api.binance.com"), clock).take(1)
+        budget(ledger_path(blocked / "tradebeat.sqlite", "https://api.binance.com"), clock).take(1)
 
 
 def test_the_ledger_file_name_cannot_be_steered_out_of_its_directory_by_the_host(tmp_path: Path) -> None:
-    assert ledger_path(tmp_path, "../../etc:80").parent == tmp_path
+    assert ledger_path(tmp_path / "tradebeat.sqlite", "http://..%2F..%2Fetc:80/").parent == tmp_path
 
 
 def test_no_sixty_seconds_ever_hold_more_than_the_budget_whoever_asks_and_whenever(
@@ -209,7 +211,7 @@ def shared_run(
     sandbox = sandbox_server.sandbox
     sandbox.reset()
     limit_before, sandbox.weight_limit = sandbox.weight_limit, EXCHANGE_LIMIT
-    ledger = ledger_path(tmp_path_factory.mktemp("budget"), "sandbox")
+    ledger = ledger_path(tmp_path_factory.mktemp("budget") / "tradebeat.sqlite", sandbox_server.url)
     try:
         backfills = {
             s: _fetcher(sandbox_server.url, ledger, Lane.BULK, s, BULK_PAGES)

@@ -137,13 +137,13 @@ def test_the_budget_is_our_share_of_the_weight_the_exchange_declares(
 def test_each_request_is_charged_the_weight_the_exchange_counts_for_it(
     sandbox: Sandbox, sandbox_server: SandboxServer
 ) -> None:
-    async def fetch(ex: CcxtExchange) -> dict[str, int]:
+    async def fetch(ex: CcxtExchange) -> int:
         await ex.fetch_candles("BTC/USDT", JAN1, JAN1 + 3 * DAY)
-        return ex.budget.usage()
+        return ex.budget.use().bulk
 
     charged = run(sandbox_server, fetch)
-    assert charged["bulk"] == sum(w for _, w in sandbox.weight_log)
-    assert charged["bulk"] == 20 + 1 + 5 * 2  # exchangeInfo, time, five klines pages
+    assert charged == sum(w for _, w in sandbox.weight_log)
+    assert charged == 20 + 1 + 5 * 2  # exchangeInfo, time, five klines pages
 
 
 def test_symbols_fetched_at_once_load_the_markets_with_one_exchange_info_request(

@@ -6,7 +6,6 @@ environment/.env by `Settings.load()` when the resource is used, never while def
 """
 
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import dagster as dg
 
@@ -37,7 +36,7 @@ class ExchangeResource(dg.ConfigurableResource):
             api_key=settings.api_key,
             secret_key=settings.secret_key,
             rate_budget_share=self.rate_budget_share or settings.rate_budget_share,
-            budget_path=ledger_path(settings.db_path.parent, urlsplit(api_url).netloc),
+            budget_path=ledger_path(settings.db_path, api_url),
             lane=lane,
             timeout_ms=self.timeout_ms or int(settings.timeout_seconds * 1000),
             concurrency=self.concurrency,

@@ -4,7 +4,6 @@ sandbox, and their runs executed in-process exactly as the daemon would launch t
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import dagster as dg
 import pytest
@@ -92,14 +91,14 @@ def test_the_beat_after_downtime_stores_every_missed_minute(
 def test_a_beat_spends_from_the_beat_lane_of_the_shared_budget_and_everything_else_from_bulk(
     env: Path, sandbox: Sandbox, sandbox_server: SandboxServer, instance: dg.DagsterInstance
 ) -> None:
-    ledger = WeightBudget(ledger_path(env.parent, urlsplit(sandbox_server.url).netloc), 3000, Lane.BULK)
+    ledger = WeightBudget(ledger_path(env, sandbox_server.url), 3000, Lane.BULK)
     assert main(["symbols", "add", "BTC/USDT"]) == 0
-    after_add = ledger.usage()
+    after_add = ledger.use()
     assert run_beat(instance, sandbox, "2020-01-02T11:50:00Z").success
-    after_beat = ledger.usage()
-    assert after_add["beat"] == 0 < after_add["bulk"]
-    assert after_beat["bulk"] == after_add["bulk"]
-    assert after_beat["beat"] > 0
+    after_beat = ledger.use()
+    assert after_add.beat == 0 < after_add.bulk
+    assert after_beat.bulk == after_add.bulk
+    assert after_beat.beat > 0
 
 
 def test_the_2359_candle_lands_in_yesterdays_partition_and_completes_it(
