@@ -34,12 +34,17 @@ def sandbox_server() -> Iterator[SandboxServer]:
         yield server
 
 
-@pytest.fixture
-def sandbox(sandbox_server: SandboxServer) -> Iterator[Sandbox]:
-    """The running sandbox, with its clock after all recorded data and no faults."""
-    state = sandbox_server.sandbox
+def fresh_sandbox(server: SandboxServer) -> Sandbox:
+    """The running sandbox, with its clock after all recorded data, no faults and no history."""
+    state = server.sandbox
     state.clock.fixed_ms = ms("2026-01-01T00:00:00Z")
     state.reset()
+    return state
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxServer) -> Iterator[Sandbox]:
+    state = fresh_sandbox(sandbox_server)
     yield state
     state.reset()
 

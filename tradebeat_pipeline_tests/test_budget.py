@@ -28,7 +28,7 @@ from tradebeat_pipeline.budget import (
     ledger_path,
 )
 from tradebeat_pipeline.sandbox.server import SandboxServer
-from tradebeat_pipeline_tests.conftest import ms
+from tradebeat_pipeline_tests.conftest import fresh_sandbox, ms
 
 
 class Clock:
@@ -208,24 +208,25 @@ def shared_run(
 ) -> Iterator[SharedRun]:
     """Two backfill processes and, once they have filled their lane, a heartbeat process, all
     sharing one ledger, against a sandbox declaring a small budget."""
-    sandbox = sandbox_server.sandbox
-    sandbox.reset()
+    sandbox = fresh_sandbox(sandbox_server)
     limit_before, sandbox.weight_limit = sandbox.weight_limit, EXCHANGE_LIMIT
     ledger = ledger_path(tmp_path_factory.mktemp("budget") / "tradebeat.sqlite", sandbox_server.url)
+    processes: dict[str, subprocess.Popen[str]] = {}
     try:
-        backfills = {
-            s: _fetcher(sandbox_server.url, ledger, Lane.BULK, s, BULK_PAGES)
-            for s in ("S001/USDT", "S002/USDT")
-        }
+        for symbol in ("S001/USDT", "S002/USDT"):
+            processes[symbol] = _fetcher(sandbox_server.url, ledger, Lane.BULK, symbol, BULK_PAGES)
         deadline = time.monotonic() + 60
         while sum(w for _, w in sandbox.weight_log) < EXCHANGE_LIMIT / 2 * (1 - BEAT_RESERVE) - 10:
-            assert time.monotonic() < deadline, "the backfills never filled their lane"
+            running = all(p.poll() is None for p in processes.values())
+            assert running and time.monotonic() < deadline, (
+                f"the backfills never filled their lane: {sandbox.requests}"
+            )
             time.sleep(0.05)
-        beat = _fetcher(sandbox_server.url, ledger, Lane.BEAT, "S003/USDT", BEAT_PAGES)
+        processes["S003/USDT"] = _fetcher(sandbox_server.url, ledger, Lane.BEAT, "S003/USDT", BEAT_PAGES)
         results = {}
-        for symbol, process in [*backfills.items(), ("S003/USDT", beat)]:
+        for symbol, process in processes.items():
             out, _ = process.communicate(timeout=300)
-            assert process.returncode == 0
+            assert process.returncode == 0, f"{symbol}: exit {process.returncode}"
             results[symbol] = json.loads(out)
         clock_minute, sliding = sandbox.busiest_minutes()
         yield SharedRun(
@@ -237,6 +238,9 @@ def shared_run(
             results=results,
         )
     finally:
+        for process in processes.values():
+            process.kill()
+            process.wait()
         sandbox.weight_limit = limit_before
         sandbox.reset()
 

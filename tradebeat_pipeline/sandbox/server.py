@@ -116,6 +116,7 @@ class Sandbox:
             self.klines_log.clear()
             self.weight_log.clear()
             self.rejected_for_weight = 0
+            self._weight_minute, self._weight_used = 0, 0  # a new test starts with a fresh minute
             self.requests.clear()
 
     def inject(
