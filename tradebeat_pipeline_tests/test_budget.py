@@ -257,14 +257,13 @@ def test_processes_sharing_a_deployment_together_never_send_more_than_our_share(
 
 @pytest.mark.slow
 def test_a_heartbeat_is_never_held_back_by_backfills_that_filled_their_lane(shared_run: SharedRun) -> None:
-    assert shared_run.results["S003/USDT"]["refusals"] == {}
-    for backfill in ("S001/USDT", "S002/USDT"):
-        assert shared_run.results[backfill]["refusals"] != {}
-    assert "window full" in {
+    backfills_held_back = {
         reason
-        for r in shared_run.results.values()
-        for reason in r["refusals"]  # type: ignore[attr-defined]
+        for symbol in ("S001/USDT", "S002/USDT")  # the slower one waits; the faster may not
+        for reason in shared_run.results[symbol]["refusals"]  # type: ignore[attr-defined]
     }
+    assert "window full" in backfills_held_back
+    assert shared_run.results["S003/USDT"]["refusals"] == {}
 
 
 @pytest.mark.slow
