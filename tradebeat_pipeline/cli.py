@@ -626,7 +626,10 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"tradebeat demo: sandbox exchange {exchange_url} (live replay of recorded candles), "
             f"symbols {args.symbols}; Dagster UI on http://127.0.0.1:{args.port} once it has "
-            "started. Ctrl-C stops everything.",
+            "started. Ctrl-C stops everything.\n"
+            f"Its health, from another shell in {PROJECT_DIR}:\n"
+            f"  DAGSTER_HOME={home} DB_PATH={env['DB_PATH']} BINANCE_API_URL={exchange_url} "
+            "uv run tradebeat status",
             flush=True,
         )
         with contextlib.suppress(KeyboardInterrupt):

@@ -115,7 +115,8 @@ def judge(
     """The verdict: down beats degraded beats healthy; every reason is listed."""
     down: list[str] = []
     degraded: list[str] = []
-    daemon_age = None if daemon_heartbeat_s is None else now_s - daemon_heartbeat_s
+    # A heartbeat the daemon wrote while status was reading is from "now", not the future.
+    daemon_age = None if daemon_heartbeat_s is None else max(0.0, now_s - daemon_heartbeat_s)
     if daemon_age is None:
         down.append("no dagster-daemon heartbeat in the instance (is the daemon running?)")
     elif daemon_age > DAEMON_STALE_S:

@@ -64,6 +64,12 @@ def test_no_daemon_heartbeat_or_a_stale_one_is_down() -> None:
     assert verdict([fine()], daemon_age_s=DAEMON_STALE_S + 1) == Health.DOWN
 
 
+def test_a_daemon_heartbeat_written_while_status_reads_is_zero_seconds_old() -> None:
+    written = NOW_S + 0.6
+    report = judge([fine()], now_s=NOW_S, freshness_minutes=2, daemon_heartbeat_s=written, beats=[beat(30)])
+    assert report.daemon_heartbeat_age_s == 0.0
+
+
 def test_no_beat_for_five_minutes_is_down_even_with_a_live_daemon() -> None:
     assert verdict([fine()], beats=[beat(BEAT_STALE_S + 1)]) == Health.DOWN
     assert verdict([fine()], beats=[]) == Health.DOWN
