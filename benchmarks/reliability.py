@@ -24,7 +24,7 @@ import dagster as dg
 from tradebeat_pipeline.cli import main as cli
 from tradebeat_pipeline.definitions import defs, resources
 from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.partitions import BEAT_MINUTE_TAG, KIND_TAG, range_tags
+from tradebeat_pipeline.partitions import KIND_TAG, beat_tags
 from tradebeat_pipeline.sandbox.market_data import historical_markets
 from tradebeat_pipeline.sandbox.server import CHAOS_KINDS, Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
@@ -39,12 +39,11 @@ BEAT = (
     "import sys, dagster as dg; from datetime import date\n"
     "from tradebeat_pipeline.definitions import resources\n"
     "from tradebeat_pipeline.defs.assets import ohlcv_1m\n"
-    "from tradebeat_pipeline.partitions import range_tags, BEAT_MINUTE_TAG, KIND_TAG\n"
+    "from tradebeat_pipeline.partitions import beat_tags\n"
     "with dg.DagsterInstance.get() as i:\n"
     "    d = date(2020, 1, 2)\n"
     "    r = dg.materialize([ohlcv_1m], instance=i, resources=resources(), raise_on_error=False,\n"
-    "        tags={**range_tags((d, sys.argv[1]), (d, sys.argv[1])), KIND_TAG: 'heartbeat',\n"
-    "              BEAT_MINUTE_TAG: sys.argv[2]})\n"
+    "        tags=beat_tags((d, sys.argv[1]), (d, sys.argv[1]), int(sys.argv[2])))\n"
     "sys.exit(0 if r.success else 1)\n"
 )
 
@@ -178,11 +177,7 @@ def beat(instance: dg.DagsterInstance, names: list[str], minute: int) -> None:
         [ohlcv_1m],
         instance=instance,
         resources=resources(),
-        tags={
-            **range_tags((day, names[0]), (day, names[-1])),
-            KIND_TAG: "heartbeat",
-            BEAT_MINUTE_TAG: str(minute),
-        },
+        tags=beat_tags((day, names[0]), (day, names[-1]), minute),
     )
     assert result.success
 

@@ -64,3 +64,8 @@ def range_tags(first: tuple[date, str], last: tuple[date, str]) -> dict[str, str
 KIND_TAG = "tradebeat/kind"  # "heartbeat" or "backfill"
 BEAT_MINUTE_TAG = "tradebeat/beat_minute"  # epoch ms of the minute a heartbeat stores
 ONBOARD_TAG = "tradebeat/onboard"  # the symbols an automatic history backfill onboards
+
+
+def beat_tags(first: tuple[date, str], last: tuple[date, str], minute_ms: int) -> dict[str, str]:
+    """Tags that make a run the heartbeat for `minute_ms` over the rectangle `first`..`last`."""
+    return {**range_tags(first, last), KIND_TAG: "heartbeat", BEAT_MINUTE_TAG: str(minute_ms)}

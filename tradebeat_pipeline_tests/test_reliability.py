@@ -105,7 +105,7 @@ import sys
 import dagster as dg
 from tradebeat_pipeline.definitions import resources
 from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.partitions import range_tags, BEAT_MINUTE_TAG, KIND_TAG
+from tradebeat_pipeline.partitions import beat_tags
 from datetime import date
 with dg.DagsterInstance.get() as instance:
     day = date(2020, 1, 2)
@@ -113,8 +113,7 @@ with dg.DagsterInstance.get() as instance:
         [ohlcv_1m],
         instance=instance,
         resources=resources(),
-        tags={**range_tags((day, "BTC/USDT"), (day, "BTC/USDT")), KIND_TAG: "heartbeat",
-              BEAT_MINUTE_TAG: sys.argv[1]},
+        tags=beat_tags((day, "BTC/USDT"), (day, "BTC/USDT"), int(sys.argv[1])),
         raise_on_error=False,
     )
 sys.exit(0 if result.success else 1)

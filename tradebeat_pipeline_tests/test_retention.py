@@ -9,7 +9,7 @@ import pytest
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.definitions import defs, resources
 from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.partitions import BEAT_MINUTE_TAG, KIND_TAG, range_tags
+from tradebeat_pipeline.partitions import KIND_TAG, beat_tags
 from tradebeat_pipeline.retention import BeatRunInfo, runs_to_delete
 from tradebeat_pipeline.sandbox.server import Sandbox
 from tradebeat_pipeline_tests.conftest import ms
@@ -44,11 +44,7 @@ def run_beat(instance: dg.DagsterInstance, minute: str, first: date, last: date)
         [ohlcv_1m],
         instance=instance,
         resources=resources(),
-        tags={
-            **range_tags((first, "BTC/USDT"), (last, "BTC/USDT")),
-            KIND_TAG: "heartbeat",
-            BEAT_MINUTE_TAG: str(ms(minute)),
-        },
+        tags=beat_tags((first, "BTC/USDT"), (last, "BTC/USDT"), ms(minute)),
     )
     assert result.success
     return result.run_id

@@ -18,6 +18,7 @@ from tradebeat_pipeline.partitions import (
     KIND_TAG,
     ONBOARD_TAG,
     SYMBOLS_PARTITIONS_NAME,
+    beat_tags,
     candle_partitions,
     parse_partition_key,
     range_tags,
@@ -116,9 +117,7 @@ def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg
     return dg.RunRequest(
         run_key=f"beat-{minute_ms}",
         tags={
-            **range_tags((first, symbols[0]), (last, symbols[-1])),
-            KIND_TAG: "heartbeat",
-            BEAT_MINUTE_TAG: str(minute_ms),
+            **beat_tags((first, symbols[0]), (last, symbols[-1]), minute_ms),
             # Dequeued before any waiting backfill: fresh candles first, history after.
             "dagster/priority": "10",
             # A beat lives ~65 s; one whose worker died is cancelled by run monitoring, so it
