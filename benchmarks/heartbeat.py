@@ -111,7 +111,6 @@ def main() -> None:
             flush=True,
         )
         time.sleep(max(0.0, first_beat / 1000 - time.time()))
-        weight_from = len(sandbox.weight_log)
         if args.backfill_days:
             today = datetime.now(UTC).date()
             days = (today - timedelta(days=args.backfill_days), today - timedelta(days=1))
@@ -141,7 +140,7 @@ def main() -> None:
         server.stop()
     report(work / "hb.sqlite", first_beat, last_beat, cpu_s, args.buffer, backfill_span)
     if args.backfill_days:
-        report_weight(sandbox, weight_from, args.weight_limit, work / "hb.sqlite", args.backfill_days)
+        report_weight(sandbox, first_beat, args.weight_limit, work / "hb.sqlite", args.backfill_days)
 
 
 def beats_done(last_beat: int) -> bool:
@@ -214,12 +213,11 @@ def report(
     )
 
 
-def report_weight(sandbox: Sandbox, weight_from: int, limit: int, db: Path, days: int) -> None:
-    """What the exchange saw: weight per clock minute against our share, and the 429s it sent."""
+def report_weight(sandbox: Sandbox, first_beat: int, limit: int, db: Path, days: int) -> None:
+    """What the exchange saw from the first beat on: weight per clock minute against our share, and
+    the 429s it sent."""
     share = 0.5  # RATE_BUDGET_SHARE's default
-    per_minute: dict[int, int] = {}
-    for t, w in sandbox.weight_log[weight_from:]:
-        per_minute[int(t // 60)] = per_minute.get(int(t // 60), 0) + w
+    per_minute = {m: w for m, w in sandbox.weight_by_minute().items() if m * MIN >= first_beat}
     print(f"request weight counted by the sandbox per clock minute (our budget {limit * share:.0f}):")
     for minute, weight in sorted(per_minute.items()):
         print(f"  {iso_utc(minute * MIN)}  {weight:5d}")

@@ -200,7 +200,6 @@ class CcxtExchange:
         self._concurrency = asyncio.Semaphore(concurrency)
         self._markets_loaded = False
         self._markets_lock = asyncio.Lock()
-        self.weight_per_minute = DEFAULT_WEIGHT_PER_MINUTE
         self.requests = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -226,18 +225,18 @@ class CcxtExchange:
 
     def _apply_rate_budget(self, info: Any) -> None:
         """Throttle to our share of the budget the exchange itself declares."""
+        declared = DEFAULT_WEIGHT_PER_MINUTE
         limits = info.get("rateLimits", []) if isinstance(info, dict) else []
         for limit in limits:
             if limit.get("rateLimitType") == "REQUEST_WEIGHT" and limit.get("interval") == "MINUTE":
-                per_minute = float(limit["limit"]) / float(limit.get("intervalNum", 1))
-                self.weight_per_minute = int(per_minute)
+                declared = int(float(limit["limit"]) / float(limit.get("intervalNum", 1)))
                 break
-        self.budget.declare(self.weight_per_minute * self.rate_budget_share)
+        self.budget.declare(declared * self.rate_budget_share)
         log.debug(
             "rate budget: %.0f weight/min (%.0f%% of %d), shared through %s",
             self.budget.per_minute,
             self.rate_budget_share * 100,
-            self.weight_per_minute,
+            declared,
             self.budget.path or "this process only",
         )
 

@@ -167,13 +167,19 @@ class Sandbox:
             self.weight_log.append((time.time(), weight))
             return None
 
+    def weight_by_minute(self) -> dict[int, int]:
+        """Weight counted per clock minute (epoch minutes), as the exchange's budget sees it."""
+        with self._lock:
+            log = list(self.weight_log)
+        by_minute: Counter[int] = Counter()
+        for t, w in log:
+            by_minute[int(t // 60)] += w
+        return dict(by_minute)
+
     def busiest_minutes(self) -> tuple[int, int]:
         """The most weight counted in one clock minute, and in any 60 seconds at all."""
         with self._lock:
             log = sorted(self.weight_log)
-        by_minute: Counter[int] = Counter()
-        for t, w in log:
-            by_minute[int(t // 60)] += w
         sliding, first, in_window = 0, 0, 0
         for t, w in log:
             in_window += w
@@ -181,7 +187,7 @@ class Sandbox:
                 in_window -= log[first][1]
                 first += 1
             sliding = max(sliding, in_window)
-        return max(by_minute.values(), default=0), sliding
+        return max(self.weight_by_minute().values(), default=0), sliding
 
     # -- HTTP ---------------------------------------------------------------------------
 
