@@ -8,7 +8,7 @@ of the partition status in the UI. Backfill runs are never deleted.
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,6 @@ def runs_to_delete(beats: Iterable[BeatRunInfo], *, older_than_s: float) -> list
             kept = newest_of_day.get(day)
             if kept is None or beat.minute_ms > kept.minute_ms:
                 newest_of_day[day] = beat
-            day = date.fromordinal(day.toordinal() + 1)
+            day += timedelta(days=1)
     keep = {b.run_id for b in newest_of_day.values()}
     return [b.run_id for b in beats if b.created_s < older_than_s and b.run_id not in keep]
