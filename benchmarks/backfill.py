@@ -25,8 +25,9 @@ import ccxt.async_support as ccxt
 import dagster as dg
 
 from tradebeat_pipeline import cli
-from tradebeat_pipeline.candles import day_window, parse_klines
-from tradebeat_pipeline.store import SQLiteStore
+from tradebeat_pipeline.exchange.binance import parse_klines
+from tradebeat_pipeline.store.sqlite import SQLiteStore
+from tradebeat_pipeline.timewindows import day_window
 
 SYMBOL, MARKET_ID = "SYN/USDT", "SYNUSDT"
 END_DAY = date(2025, 12, 31)

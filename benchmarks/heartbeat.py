@@ -28,10 +28,10 @@ import dagster as dg
 import numpy as np
 
 from tradebeat_pipeline import cli
-from tradebeat_pipeline.candles import DAY_MS, iso_utc
 from tradebeat_pipeline.sandbox.market_data import replay_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
+from tradebeat_pipeline.timewindows import DAY_MS, iso_utc
 
 MIN = 60_000
 
@@ -43,7 +43,7 @@ from datetime import date
 import dagster as dg
 from tradebeat_pipeline.defs.assets import ohlcv_1m
 from tradebeat_pipeline.definitions import resources
-from tradebeat_pipeline.partitions import range_tags
+from tradebeat_pipeline.defs.partitions import range_tags
 first, last, start, end = sys.argv[1:]
 with dg.DagsterInstance.get() as instance:
     result = dg.materialize(

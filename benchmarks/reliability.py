@@ -24,7 +24,7 @@ import dagster as dg
 from tradebeat_pipeline.cli import main as cli
 from tradebeat_pipeline.definitions import defs, resources
 from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.partitions import KIND_TAG, beat_tags
+from tradebeat_pipeline.defs.partitions import KIND_TAG, beat_tags
 from tradebeat_pipeline.sandbox.market_data import historical_markets
 from tradebeat_pipeline.sandbox.server import CHAOS_KINDS, Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
@@ -39,7 +39,7 @@ BEAT = (
     "import sys, dagster as dg; from datetime import date\n"
     "from tradebeat_pipeline.definitions import resources\n"
     "from tradebeat_pipeline.defs.assets import ohlcv_1m\n"
-    "from tradebeat_pipeline.partitions import beat_tags\n"
+    "from tradebeat_pipeline.defs.partitions import beat_tags\n"
     "with dg.DagsterInstance.get() as i:\n"
     "    d = date(2020, 1, 2)\n"
     "    r = dg.materialize([ohlcv_1m], instance=i, resources=resources(), raise_on_error=False,\n"

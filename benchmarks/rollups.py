@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tradebeat_pipeline.candles import CANDLE_COLUMNS, DAY_MS, MINUTE_MS
+from tradebeat_pipeline.candles import CANDLE_COLUMNS
 from tradebeat_pipeline.chart import SymbolChart, build_figure, write_page
 from tradebeat_pipeline.rollups import ROLLUP_TIMEFRAMES, export_parquet, rollup
-from tradebeat_pipeline.store import SQLiteStore
+from tradebeat_pipeline.store.sqlite import SQLiteStore
+from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS
 
 YEAR_START = 1_672_531_200_000  # 2023-01-01T00:00Z
 YEAR = 365 * 1440

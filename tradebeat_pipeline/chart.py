@@ -9,13 +9,15 @@ plotly.js is written once beside the page, so it opens offline and the page itse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from tradebeat_pipeline.candles import MINUTE_MS
 from tradebeat_pipeline.quality import EXCHANGE, Hole
+from tradebeat_pipeline.timewindows import MINUTE_MS
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,11 @@ def _when(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-def build_figure(charts: list[SymbolChart], *, title: str) -> go.Figure:
+def build_figure(charts: list[SymbolChart], *, title: str) -> "go.Figure":
+    """The whole page as one Plotly figure (Plotly is imported here: only the chart run needs it)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
     rows = 1 + 2 * len(charts)
     heights = [3.0] + [2.0, 0.7] * len(charts)
     titles = ["All symbols: close, hourly, log scale"]
@@ -106,7 +112,7 @@ def build_figure(charts: list[SymbolChart], *, title: str) -> go.Figure:
     return fig
 
 
-def write_page(fig: go.Figure, path: Path) -> int:
+def write_page(fig: "go.Figure", path: Path) -> int:
     """Write the page (plotly.min.js once, beside it); returns the page's own size in bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(path, include_plotlyjs="directory", full_html=True)

@@ -1,4 +1,5 @@
-"""Assembles the Dagster definitions. Loading them reads no environment and calls no network."""
+"""Assembles the Dagster definitions. Loading them reads no environment, calls no network and
+imports neither ccxt, Plotly nor DuckDB (each is imported where it is used)."""
 
 import dagster as dg
 
@@ -15,17 +16,18 @@ from tradebeat_pipeline.defs.automation import (
     rollups_schedule,
     symbols_sensor,
 )
+from tradebeat_pipeline.defs.io_managers import CandleIOManager, RollupIOManager
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
-from tradebeat_pipeline.io_manager import CandleIOManager, RollupIOManager
 
 
 def resources() -> dict[str, object]:
     """Resource bindings, shared by the Definitions and the CLI's in-process runs."""
+    store = StoreResource()
     return {
         "exchange": ExchangeResource(),
-        "store": StoreResource(),
-        "candle_io_manager": CandleIOManager(),
-        "rollup_io_manager": RollupIOManager(),
+        "store": store,
+        "candle_io_manager": CandleIOManager(store=store),
+        "rollup_io_manager": RollupIOManager(store=store),
     }
 
 

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 
-from tradebeat_pipeline.candles import DAY_MS, MINUTE_MS, iso_utc
 from tradebeat_pipeline.quality import EXCHANGE, covered_by_exchange
-from tradebeat_pipeline.store import SQLiteStore
+from tradebeat_pipeline.store.sqlite import SQLiteStore
+from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, iso_utc
 
 # The daemon writes a heartbeat every 30 s; five minutes without one means it is gone.
 DAEMON_STALE_S = 300

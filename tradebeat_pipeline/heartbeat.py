@@ -8,8 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 
-from tradebeat_pipeline.candles import MINUTE_MS, day_window, utc_day
 from tradebeat_pipeline.exchange import Exchange, FetchResult, gather_or_cancel
+from tradebeat_pipeline.timewindows import MINUTE_MS, day_window, utc_day
 
 log = logging.getLogger("tradebeat.heartbeat")
 

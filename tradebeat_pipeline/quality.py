@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from tradebeat_pipeline.candles import MINUTE_MS, iso_utc
+from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc
 
 GapKind = Literal["exchange", "pending", "fetch_failed"]
 EXCHANGE: GapKind = "exchange"

@@ -6,10 +6,10 @@ them in place (a registered pandas frame is scanned without a copy).
 
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 
-from tradebeat_pipeline.candles import CANDLE_COLUMNS, DAY_MS, MINUTE_MS
+from tradebeat_pipeline.candles import CANDLE_COLUMNS
+from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS
 
 TIMEFRAMES: dict[str, int] = {"1m": MINUTE_MS, "5m": 5 * MINUTE_MS, "1h": 60 * MINUTE_MS, "1d": DAY_MS}
 ROLLUP_TIMEFRAMES = ("5m", "1h", "1d")
@@ -37,6 +37,8 @@ def rollup(candles: pd.DataFrame, timeframe: str, start_ms: int, end_ms: int) ->
     """1-minute candles of one symbol rolled up to `timeframe` over [start_ms, end_ms), buckets
     aligned to UTC. Every bucket of the range appears, an empty one too (no prices, 0 minutes), and
     a bucket is complete only when every one of its minutes has a candle: nothing is hidden."""
+    import duckdb  # here, not at import: only the runs that roll up pay for it
+
     bucket = bucket_ms(timeframe)
     start = start_ms - start_ms % bucket
     with duckdb.connect() as con:
@@ -59,6 +61,8 @@ def bucket_ms(timeframe: str) -> int:
 
 def export_parquet(frame: pd.DataFrame, path: Path) -> int:
     """Write a frame as zstd Parquet with DuckDB; returns the file's size in bytes."""
+    import duckdb
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with duckdb.connect() as con:
         con.register("frame", frame)

@@ -1,11 +1,35 @@
-"""Symbol lifecycle decisions, apart from Dagster: what the symbols sensor must validate, onboard
-and retire on a tick, and the history an onboarded symbol gets."""
+"""Symbols, apart from Dagster and standard library only: the spelling tradebeat accepts (checked
+before anything heavy is imported, so a typo is refused at once), and the lifecycle decisions of the
+symbols sensor: what it must validate, onboard and retire on a tick, and the history it loads.
+"""
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import date
 
-from tradebeat_pipeline.candles import MINUTE_MS, utc_day
+from tradebeat_pipeline.timewindows import MINUTE_MS, utc_day
+
+_SYMBOL_RE = re.compile(r"[A-Z0-9]{1,20}/[A-Z0-9]{1,20}")
+SYMBOL_FORM = "a ccxt spot symbol BASE/QUOTE such as BTC/USDT"
+
+
+class SymbolError(ValueError):
+    """A string that is not a ccxt unified spot symbol."""
+
+
+def normalize_symbol(raw: str) -> str:
+    """Upper-case and trim a symbol, refusing anything but BASE/QUOTE so it is safe as a key."""
+    if not isinstance(raw, str):
+        raise SymbolError(f"symbol must be text, expected {SYMBOL_FORM}")
+    symbol = raw.strip().upper()
+    if not _SYMBOL_RE.fullmatch(symbol):
+        shown = raw if len(raw) <= 40 else raw[:40] + "…"
+        hint = " (derivatives symbols with ':' are not supported)" if ":" in symbol else ""
+        raise SymbolError(f"invalid symbol {shown!r}{hint}: expected {SYMBOL_FORM}")
+    return symbol
+
+
 
 
 @dataclass

@@ -172,7 +172,7 @@ FETCHER = """
 import asyncio, json, sys
 from pathlib import Path
 from tradebeat_pipeline.budget import Lane
-from tradebeat_pipeline.exchange import CcxtExchange
+from tradebeat_pipeline.exchange.ccxt_client import CcxtExchange
 
 url, ledger, lane, symbol, start, pages = sys.argv[1:]
 async def go():

@@ -5,15 +5,10 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from tradebeat_pipeline.candles import (
-    MalformedAnswer,
-    SymbolError,
-    contiguous_day_runs,
-    day_window,
-    missing_minutes,
-    normalize_symbol,
-    parse_klines,
-)
+from tradebeat_pipeline.candles import missing_minutes
+from tradebeat_pipeline.exchange.binance import MalformedAnswer, parse_klines
+from tradebeat_pipeline.symbols import SymbolError, normalize_symbol
+from tradebeat_pipeline.timewindows import contiguous_day_runs, day_window
 
 KLINE = [
     1577836800000,

@@ -11,7 +11,7 @@ import pytest
 
 from tradebeat_pipeline.budget import Lane, WeightBudget, ledger_path
 from tradebeat_pipeline.cli import main
-from tradebeat_pipeline.partitions import SYMBOLS_PARTITIONS_NAME
+from tradebeat_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
 from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
 from tradebeat_pipeline_tests.conftest import archive_rows, database_checksum, ms
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from tradebeat_pipeline.definitions import defs
-from tradebeat_pipeline.partitions import candle_partitions, daily_partitions, symbols_partitions
+from tradebeat_pipeline.defs.partitions import candle_partitions, daily_partitions, symbols_partitions
 from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
 
 

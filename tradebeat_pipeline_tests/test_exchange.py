@@ -8,11 +8,11 @@ from typing import TypeVar
 import pytest
 
 from tradebeat_pipeline.exchange import (
-    CcxtExchange,
     FetchResult,
     SymbolNotListed,
     SymbolNotTrading,
 )
+from tradebeat_pipeline.exchange.ccxt_client import CcxtExchange
 from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
 from tradebeat_pipeline_tests.conftest import archive_rows, ms
 

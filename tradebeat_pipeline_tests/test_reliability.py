@@ -105,7 +105,7 @@ import sys
 import dagster as dg
 from tradebeat_pipeline.definitions import resources
 from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.partitions import beat_tags
+from tradebeat_pipeline.defs.partitions import beat_tags
 from datetime import date
 with dg.DagsterInstance.get() as instance:
     day = date(2020, 1, 2)

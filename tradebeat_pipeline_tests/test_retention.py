@@ -9,7 +9,7 @@ import pytest
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.definitions import defs, resources
 from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.partitions import KIND_TAG, beat_tags
+from tradebeat_pipeline.defs.partitions import KIND_TAG, beat_tags
 from tradebeat_pipeline.retention import BeatRunInfo, runs_to_delete
 from tradebeat_pipeline.sandbox.server import Sandbox
 from tradebeat_pipeline_tests.conftest import ms

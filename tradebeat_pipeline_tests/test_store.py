@@ -12,7 +12,8 @@ import pytest
 
 from tradebeat_pipeline.candles import CANDLE_COLUMNS
 from tradebeat_pipeline.quality import Coverage, Hole
-from tradebeat_pipeline.store import SCHEMA_VERSION, SQLiteStore, StoreError, SymbolWrite, UnknownSymbol
+from tradebeat_pipeline.store import StoreError, SymbolWrite, UnknownSymbol
+from tradebeat_pipeline.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 DAY1 = 1577836800000  # 2020-01-01T00:00Z
 

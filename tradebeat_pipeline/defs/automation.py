@@ -8,25 +8,31 @@ from pathlib import Path
 
 import dagster as dg
 
-from tradebeat_pipeline.candles import MINUTE_MS, SymbolError, normalize_symbol
 from tradebeat_pipeline.defs.assets import ROLLUP_ASSETS, ohlcv_1m, price_chart
-from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
-from tradebeat_pipeline.exchange import SymbolNotListed, SymbolNotTrading
-from tradebeat_pipeline.heartbeat import beat_days
-from tradebeat_pipeline.partitions import (
+from tradebeat_pipeline.defs.partitions import (
     BEAT_MINUTE_TAG,
     KIND_TAG,
     ONBOARD_TAG,
     SYMBOLS_PARTITIONS_NAME,
     beat_tags,
     candle_partitions,
-    parse_partition_key,
+    range_of,
     range_tags,
     symbols_partitions,
 )
+from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource, run_settings
+from tradebeat_pipeline.exchange import SymbolNotListed, SymbolNotTrading
+from tradebeat_pipeline.heartbeat import beat_days
 from tradebeat_pipeline.retention import BeatRunInfo, runs_to_delete
-from tradebeat_pipeline.settings import Settings
-from tradebeat_pipeline.symbols import SymbolsCursor, history_days, onboarding_runs, plan_symbols
+from tradebeat_pipeline.symbols import (
+    SymbolError,
+    SymbolsCursor,
+    history_days,
+    normalize_symbol,
+    onboarding_runs,
+    plan_symbols,
+)
+from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, now_ms
 
 symbols_log = logging.getLogger("tradebeat.symbols")
 retention_log = logging.getLogger("tradebeat.retention")
@@ -98,7 +104,7 @@ def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg
     (dagster.yaml), and a beat is skipped while another is still waiting in the queue, so a slow
     exchange never piles beats up; the next beat stores whatever the skipped ones missed.
     """
-    Settings.load().install_logs()
+    run_settings()
     symbols = context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
     if not symbols:
         return dg.SkipReason("no symbols registered; add one with `tradebeat symbols add BTC/USDT`")
@@ -134,8 +140,7 @@ def symbols_sensor(
     """Onboards symbols however they were added (UI partition, `tradebeat symbols add`, SYMBOLS):
     validates them against the exchange, keeps one upper-case spelling, registers them in the
     store and launches ONE backfill run of BACKFILL_MINUTES of history; retires removed ones."""
-    settings = Settings.load()
-    settings.install_logs()
+    settings = run_settings()
     cursor = SymbolsCursor.load(context.cursor)
     partitions = context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
     plan = plan_symbols(list(partitions), list(settings.symbols), cursor)
@@ -143,7 +148,7 @@ def symbols_sensor(
     delete: list[str] = []
     runs: list[dg.RunRequest] = []
     history: dict[str, tuple[date, date]] = {}
-    now_ms = int(time.time() * 1000)
+    now = now_ms()
 
     verdicts = asyncio.run(_validate(exchange, plan.candidates)) if plan.candidates else {}
     for raw in plan.candidates:
@@ -163,7 +168,7 @@ def symbols_sensor(
             newest = candles.newest_candles([symbol])[symbol]
         if symbol not in partitions and symbol not in add:
             add.append(symbol)
-        history[symbol] = history_days(now_ms, settings.backfill_minutes, newest)
+        history[symbol] = history_days(now, settings.backfill_minutes, newest)
         cursor.onboarded.add(symbol)
 
     order = [p for p in partitions if p not in delete] + add  # partition order once requests apply
@@ -172,7 +177,7 @@ def symbols_sensor(
         span = first if first == last else f"{first}..{last} ({len(group.symbols)} symbols)"
         runs.append(
             dg.RunRequest(
-                run_key=f"onboard-{first}-{last}-{now_ms}",
+                run_key=f"onboard-{first}-{last}-{now}",
                 tags={
                     **range_tags((group.first_day, first), (group.last_day, last)),
                     KIND_TAG: "backfill",
@@ -233,16 +238,14 @@ async def _validate(exchange: ExchangeResource, raws: list[str]) -> dict[str, tu
 def prune_heartbeat_runs(context: dg.OpExecutionContext) -> None:
     """Delete heartbeat runs older than RUN_RETENTION_DAYS, keeping each day's newest beat (it holds
     that day's latest materialization, so partition status stays true)."""
-    settings = Settings.load()
-    settings.install_logs()
-    cutoff = time.time() - settings.run_retention_days * 86_400
+    settings = run_settings()
+    cutoff = time.time() - settings.run_retention_days * DAY_MS / 1000
     beats = []
     for record in context.instance.get_run_records(filters=dg.RunsFilter(tags={KIND_TAG: "heartbeat"})):
         run = record.dagster_run
         tags = run.tags
         try:
-            first = parse_partition_key(tags["dagster/asset_partition_range_start"])[0]
-            last = parse_partition_key(tags["dagster/asset_partition_range_end"])[0]
+            (first, _), (last, _) = range_of(tags)
             minute = int(tags[BEAT_MINUTE_TAG])
         except (KeyError, ValueError):
             continue  # not a run the heartbeat made: never touch it

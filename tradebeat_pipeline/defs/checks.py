@@ -1,17 +1,19 @@
-"""Asset checks of `ohlcv_1m`, evaluated in the same step as every materialization (after the IO
-manager has committed), over the run's own partitions. The judgement lives in `quality.py`; this
-module turns it into check results with metadata the asset page can show."""
+"""Asset checks of `ohlcv_1m`, evaluated in the same step as every materialization, over the run's
+own partitions, from the report of the write itself (the IO manager records it on the batch when it
+commits). The judgement lives in `quality.py`; this module turns it into check results with metadata
+the asset page can show."""
 
 from collections.abc import Iterator, Sequence
-from datetime import date
 
 import dagster as dg
 import pandas as pd
 
-from tradebeat_pipeline.candles import MINUTE_MS, contiguous_day_runs, day_window, iso_utc
-from tradebeat_pipeline.io_manager import SYMBOL_COLUMN, Ingest
+from tradebeat_pipeline.candles import SYMBOL_COLUMN
+from tradebeat_pipeline.defs.metadata import FreshMetadata, GapsMetadata, OhlcMetadata
+from tradebeat_pipeline.ingest import Batch
 from tradebeat_pipeline.quality import MAX_LISTED, GapReport, Hole, check_ohlc, covered_by_exchange
-from tradebeat_pipeline.store import SQLiteStore
+from tradebeat_pipeline.store import CandleStore
+from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc
 
 OHLC_VALID = "ohlc_valid"
 GAPS_EXPLAINED = "gaps_explained"
@@ -40,83 +42,67 @@ CHECK_SPECS = [
 ]
 
 
-def evaluate(
-    store: SQLiteStore,
-    ingest: Ingest,
-    requested: dict[str, list[date]],
-    *,
-    closed_until_ms: int,
-    freshness_minutes: int,
-) -> Iterator[dg.AssetCheckResult]:
-    """All three checks for what this run wrote, against what is now stored."""
-    yield ohlc_valid(ingest.candles())
-    windows = {
-        symbol: _windows(requested[symbol], closed_until_ms)
-        for symbol in ingest.results
-        if symbol in requested
-    }
-    reports = [store.gap_report(symbol, a, b) for symbol, runs in windows.items() for a, b in runs]
-    yield gaps_explained(reports)
-    yield fresh(store, windows, freshness_minutes)
-
-
-def _windows(days: Sequence[date], closed_until_ms: int) -> list[tuple[int, int]]:
-    """The run's days as [start, end) windows, cut at the last closed minute."""
-    runs = [(day_window(a)[0], min(day_window(b)[1], closed_until_ms)) for a, b in contiguous_day_runs(days)]
-    return [(a, b) for a, b in runs if b > a]
+def evaluate(store: CandleStore, batch: Batch, *, freshness_minutes: int) -> Iterator[dg.AssetCheckResult]:
+    """All three checks for what this run wrote, from the write's own report (the store is asked
+    again only about the holes of a symbol that lags)."""
+    report = batch.report
+    if report is None:
+        raise RuntimeError("the batch was not written: the IO manager records its report before checks")
+    yield ohlc_valid(batch.candles)
+    yield gaps_explained([r for reports in report.gaps.values() for r in reports])
+    yield fresh(store, batch.windows(), report.newest, freshness_minutes)
 
 
 def ohlc_valid(candles: pd.DataFrame) -> dg.AssetCheckResult:
     report = check_ohlc(candles)
     has_symbol = SYMBOL_COLUMN in candles.columns
     violations = report.violations
-    metadata: dict[str, dg.RawMetadataValue] = {
-        "checked_candles": report.rows,
-        "violations": len(violations),
-        "halted_minutes": report.halted_minutes,
-    }
+    extra: dict[str, dg.RawMetadataValue] = {}
     if len(violations):
         shown = violations.head(MAX_LISTED).assign(time_utc=lambda f: f["timestamp"].map(iso_utc))
-        columns = ["symbol"] * has_symbol + ["time_utc", "open", "high", "low", "close", "volume", "problem"]
-        metadata["violating_rows"] = dg.MetadataValue.md(_markdown(shown[columns]))
+        columns = [SYMBOL_COLUMN] * has_symbol + ["time_utc", "open", "high", "low", "close", "volume", "problem"]
+        extra["violating_rows"] = dg.MetadataValue.md(_markdown(shown[columns]))
     if report.halted:
-        metadata["halted"] = dg.MetadataValue.md(
+        extra["halted"] = dg.MetadataValue.md(
             "\n".join(
                 f"- {iso_utc(a)} → {iso_utc(b)} ({(b - a) // MINUTE_MS + 1} min, flat, zero volume)"
                 for a, b in report.halted[:MAX_LISTED]
             )
         )
+    metadata = OhlcMetadata(report.rows, len(violations), report.halted_minutes)
     return dg.AssetCheckResult(
         check_name=OHLC_VALID,
         passed=report.passed,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata=metadata,
+        metadata=metadata.as_dict(**extra),
     )
 
 
 def gaps_explained(reports: Sequence[GapReport]) -> dg.AssetCheckResult:
     holes = [(r.symbol, h) for r in reports for h in r.holes]
     unexplained = sum(r.unexplained for r in reports)
-    metadata: dict[str, dg.RawMetadataValue] = {
-        "expected_minutes": sum(r.expected for r in reports),
-        "stored": sum(r.stored for r in reports),
-        "halted": sum(r.halted for r in reports),
-        "explained_minutes": sum(r.explained for r in reports),
-        "unexplained_minutes": unexplained,
-        "holes": len(holes),
-    }
-    if holes:
-        metadata["hole_list"] = dg.MetadataValue.md(_holes_markdown(holes))
+    metadata = GapsMetadata(
+        expected_minutes=sum(r.expected for r in reports),
+        stored=sum(r.stored for r in reports),
+        halted=sum(r.halted for r in reports),
+        explained_minutes=sum(r.explained for r in reports),
+        unexplained_minutes=unexplained,
+        holes=len(holes),
+    )
+    extra = {"hole_list": dg.MetadataValue.md(_holes_markdown(holes))} if holes else {}
     return dg.AssetCheckResult(
         check_name=GAPS_EXPLAINED,
         passed=unexplained == 0,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata=metadata,
+        metadata=metadata.as_dict(**extra),
     )
 
 
 def fresh(
-    store: SQLiteStore, windows: dict[str, list[tuple[int, int]]], freshness_minutes: int
+    store: CandleStore,
+    windows: dict[str, list[tuple[int, int]]],
+    newest: dict[str, int | None],
+    freshness_minutes: int,
 ) -> dg.AssetCheckResult:
     """Lag of each symbol's newest candle behind the last closed minute of its window."""
     ends = {symbol: runs[-1][1] for symbol, runs in windows.items() if runs}
@@ -129,8 +115,8 @@ def fresh(
         first = listed.get(symbol)
         if first is not None and first > last_closed:
             continue  # the exchange had no history yet
-        newest = store.newest_candles([symbol], before_ms=end)[symbol]
-        since = newest + MINUTE_MS if newest is not None else windows[symbol][0][0]
+        stored = newest.get(symbol)
+        since = stored + MINUTE_MS if stored is not None else windows[symbol][0][0]
         lag = (last_closed - since) // MINUTE_MS + 1
         worst = max(worst, lag)
         if lag <= freshness_minutes:
@@ -141,15 +127,9 @@ def fresh(
         )
         if not by_exchange:
             severity = dg.AssetCheckSeverity.ERROR
+    metadata = FreshMetadata(freshness_minutes, worst, lagging or "none")
     return dg.AssetCheckResult(
-        check_name=FRESH,
-        passed=not lagging,
-        severity=severity,
-        metadata={
-            "freshness_limit_minutes": freshness_minutes,
-            "max_lag_minutes": worst,
-            "lagging": lagging or "none",
-        },
+        check_name=FRESH, passed=not lagging, severity=severity, metadata=metadata.as_dict()
     )
 
 

@@ -1,18 +1,30 @@
 """Resources: thin Dagster adapters that build the plain exchange client and store at run time.
 
 Optional settings have defaults (public market data needs no API key), so they are read from the
-environment/.env by `Settings.load()` when the resource is used, never while definitions load;
-`dg.EnvVar` has no notion of a default and would make every variable mandatory.
+environment/.env by `Settings.load()` when a resource is used, never while definitions load;
+`dg.EnvVar` has no notion of a default and would make every variable mandatory. ccxt is imported
+only when a client is opened.
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from tradebeat_pipeline.budget import Lane, ledger_path
-from tradebeat_pipeline.exchange import CcxtExchange
 from tradebeat_pipeline.settings import Settings
-from tradebeat_pipeline.store import SQLiteStore
+from tradebeat_pipeline.store import CandleStore, open_store
+
+if TYPE_CHECKING:
+    from tradebeat_pipeline.exchange.ccxt_client import CcxtExchange
+
+
+def run_settings() -> Settings:
+    """The settings of this run, tick or command, with its per-component log files installed (once
+    per process and directory)."""
+    settings = Settings.load()
+    settings.install_logs()
+    return settings
 
 
 class ExchangeResource(dg.ConfigurableResource):
@@ -23,12 +35,14 @@ class ExchangeResource(dg.ConfigurableResource):
     timeout_ms: int | None = None
     concurrency: int = 8
 
-    def open(self, lane: Lane = Lane.BULK) -> CcxtExchange:
+    def open(self, lane: Lane = Lane.BULK) -> "CcxtExchange":
         """A new client; call it inside the event loop that will use it.
 
         Its request weight comes out of the budget every process of this deployment shares (a
         ledger beside the database); the heartbeat asks in the beat lane, which goes first.
         """
+        from tradebeat_pipeline.exchange.ccxt_client import CcxtExchange
+
         settings = Settings.load()
         api_url = self.api_url or settings.api_url
         return CcxtExchange(
@@ -46,13 +60,9 @@ class ExchangeResource(dg.ConfigurableResource):
 
 
 class StoreResource(dg.ConfigurableResource):
-    """The candle store (SQLite at DB_PATH unless `db_path` is set)."""
+    """The candle store at DB_PATH (or `db_path` when set)."""
 
     db_path: str | None = None
 
-    def open(self) -> SQLiteStore:
-        return SQLiteStore(resolve_db_path(self.db_path))
-
-
-def resolve_db_path(db_path: str | None) -> Path:
-    return Path(db_path) if db_path else Settings.load().db_path
+    def open(self) -> CandleStore:
+        return open_store(Path(self.db_path) if self.db_path else Settings.load().db_path)

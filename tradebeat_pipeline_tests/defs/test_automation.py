@@ -12,10 +12,10 @@ from tradebeat_pipeline.budget import Lane, WeightBudget, ledger_path
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.definitions import defs
 from tradebeat_pipeline.defs.automation import heartbeat, symbols_sensor
+from tradebeat_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
-from tradebeat_pipeline.partitions import SYMBOLS_PARTITIONS_NAME
 from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
-from tradebeat_pipeline.store import SQLiteStore
+from tradebeat_pipeline.store.sqlite import SQLiteStore
 from tradebeat_pipeline_tests.conftest import database_checksum, ms
 
 MIN = 60_000

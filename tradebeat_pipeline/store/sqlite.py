@@ -1,23 +1,17 @@
-"""The candle store: every line of SQL in the project lives here (no Dagster inside).
-
-`CandleStore` is the small interface the pipeline uses; `SQLiteStore` is the embedded implementation.
-Moving to Postgres means writing one more class with these methods, nothing else.
-"""
+"""The embedded candle store: SQLite in WAL mode, one transaction per write (no Dagster inside)."""
 
 import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
-from tradebeat_pipeline.candles import CANDLE_COLUMNS, MINUTE_MS, PRICE_COLUMNS, empty_candles, iso_utc
+from tradebeat_pipeline.candles import CANDLE_COLUMNS, PRICE_COLUMNS, empty_candles
 from tradebeat_pipeline.quality import (
     GAP_KINDS,
     Coverage,
@@ -31,6 +25,8 @@ from tradebeat_pipeline.quality import (
     outside,
 )
 from tradebeat_pipeline.rollups import ROLLUP_COLUMNS, ROLLUP_TIMEFRAMES
+from tradebeat_pipeline.store import StoreError, SymbolRow, SymbolWrite, UnknownSymbol, UpsertResult
+from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc
 
 log = logging.getLogger("tradebeat.store")
 
@@ -146,71 +142,6 @@ _UPSERT_ROLLUP_SQL = (
     "ON CONFLICT(symbol_id, timeframe, timestamp) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in ROLLUP_COLUMNS[1:])
 )
-
-
-class StoreError(RuntimeError):
-    """The database cannot be used as a tradebeat store (wrong file, newer schema, read-only)."""
-
-
-class UnknownSymbol(LookupError):
-    """A symbol that was never registered in the store."""
-
-
-@dataclass(frozen=True)
-class SymbolRow:
-    symbol: str
-    created_at: str
-    is_active: bool
-    first_candle: int | None
-    last_candle: int | None
-    candles: int
-
-
-@dataclass(frozen=True)
-class UpsertResult:
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    corrected: list[int] = field(default_factory=list)
-    holes: list[Hole] = field(default_factory=list)  # recorded by this write, in its windows
-
-    def __add__(self, other: "UpsertResult") -> "UpsertResult":
-        return UpsertResult(
-            self.inserted + other.inserted,
-            self.updated + other.updated,
-            self.unchanged + other.unchanged,
-            self.corrected + other.corrected,
-            self.holes + other.holes,
-        )
-
-
-@dataclass(frozen=True)
-class SymbolWrite:
-    """One symbol's part of a write: its candles, the windows they were fetched for, and where the
-    exchange's history begins (None when unknown)."""
-
-    symbol: str
-    candles: pd.DataFrame
-    coverage: Sequence[Coverage] = ()
-    first_candle_ms: int | None = None
-
-
-class CandleStore(Protocol):
-    """What the pipeline needs from a candle store."""
-
-    def register_symbol(self, symbol: str) -> int: ...
-    def deactivate_symbol(self, symbol: str) -> bool: ...
-    def list_symbols(self, *, active: bool | None = True) -> list[SymbolRow]: ...
-    def active_symbols(self) -> set[str]: ...
-    def upsert_candles(self, batches: Sequence[tuple[str, pd.DataFrame]]) -> dict[str, UpsertResult]: ...
-    def ingest(self, writes: Sequence[SymbolWrite]) -> dict[str, UpsertResult]: ...
-    def read_candles(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame: ...
-    def newest_candles(
-        self, symbols: Sequence[str], before_ms: int | None = None
-    ) -> dict[str, int | None]: ...
-    def first_candles(self, symbols: Sequence[str]) -> dict[str, int | None]: ...
-    def holes(self, symbol: str, start_ms: int, end_ms: int) -> list[Hole]: ...
-    def gap_report(self, symbol: str, start_ms: int, end_ms: int) -> GapReport: ...
 
 
 class SQLiteStore:

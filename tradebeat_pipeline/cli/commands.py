@@ -28,27 +28,26 @@ import dagster as dg
 
 from tradebeat_pipeline import health
 from tradebeat_pipeline.budget import WINDOW_S, BudgetUse, Lane, WeightBudget, ledger_path
-from tradebeat_pipeline.candles import (
-    DAY_MS,
-    EXCHANGE_EPOCH,
-    MINUTE_MS,
-    SymbolError,
-    day_window,
-    iso_utc,
-    normalize_symbol,
-    parse_day,
-    utc_day,
-)
 from tradebeat_pipeline.definitions import resources
 from tradebeat_pipeline.defs.assets import ROLLUP_ASSETS, ohlcv_1m
 from tradebeat_pipeline.defs.checks import GAPS_EXPLAINED, OHLC_VALID
+from tradebeat_pipeline.defs.partitions import BEAT_MINUTE_TAG, KIND_TAG, SYMBOLS_PARTITIONS_NAME, range_tags
 from tradebeat_pipeline.defs.resources import ExchangeResource
 from tradebeat_pipeline.exchange import ExchangeFailure
-from tradebeat_pipeline.partitions import BEAT_MINUTE_TAG, KIND_TAG, SYMBOLS_PARTITIONS_NAME, range_tags
 from tradebeat_pipeline.quality import UNEXPLAINED, GapReport
 from tradebeat_pipeline.rollups import TIMEFRAMES, export_parquet, rollup
 from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME, PROJECT_DIR, Settings, SettingsError
-from tradebeat_pipeline.store import SQLiteStore, StoreError, UnknownSymbol
+from tradebeat_pipeline.store.sqlite import SQLiteStore, StoreError, UnknownSymbol
+from tradebeat_pipeline.symbols import SymbolError, normalize_symbol
+from tradebeat_pipeline.timewindows import (
+    DAY_MS,
+    EXCHANGE_EPOCH,
+    MINUTE_MS,
+    day_window,
+    iso_utc,
+    parse_day,
+    utc_day,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 log = logging.getLogger("tradebeat.cli")

@@ -1,17 +1,15 @@
-"""The exchange interface and its ccxt implementation (no Dagster inside).
-
-Everything the pipeline knows about an exchange goes through `Exchange`. `CcxtExchange` talks to
-Binance, or to any Binance-compatible server (the bundled sandbox) by swapping the API host.
+"""`Exchange` for Binance spot through async ccxt (no Dagster inside): rate-limited by the shared
+budget, retrying, closed candles only. Any Binance-compatible server (the bundled sandbox) works by
+swapping the API host. Importing this module imports ccxt, so only code that opens a client does.
 """
 
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import ccxt.async_support as ccxt
@@ -19,17 +17,17 @@ import numpy as np
 import pandas as pd
 
 from tradebeat_pipeline.budget import Lane, WeightBudget
-from tradebeat_pipeline.candles import (
-    MINUTE_MS,
-    MalformedAnswer,
-    clean_candles,
-    contiguous_day_runs,
-    day_window,
-    empty_candles,
-    iso_utc,
-    parse_klines,
+from tradebeat_pipeline.candles import clean_candles
+from tradebeat_pipeline.exchange import (
+    ExchangeFailure,
+    FetchResult,
+    SymbolNotListed,
+    SymbolNotTrading,
+    gather_or_cancel,
 )
-from tradebeat_pipeline.quality import Coverage, failed_coverage
+from tradebeat_pipeline.exchange.binance import MalformedAnswer, parse_klines
+from tradebeat_pipeline.quality import Coverage
+from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc
 
 log = logging.getLogger("tradebeat.exchange")
 
@@ -46,68 +44,11 @@ _CCXT_WEIGHT_PER_COST_UNIT = 5.0
 T = TypeVar("T")
 
 
-class ExchangeFailure(RuntimeError):
-    """The exchange could not be asked (after retries) or refused the request."""
-
-
-class SymbolNotListed(ExchangeFailure):
-    """The exchange does not list this symbol as a spot market."""
-
-
-class SymbolNotTrading(ExchangeFailure):
-    """The exchange lists the symbol but it is not trading (halted, delisted, pre-listing)."""
-
-
-@dataclass(frozen=True)
-class FetchResult:
-    """Closed candles of one window, and what it took to get them."""
-
-    candles: pd.DataFrame
-    requests: int
-    server_time_ms: int
-    closed_until_ms: int  # every minute opening before this was closed by the exchange's clock
-    # What each window's answers showed besides candles: which minutes an answer skipped, which
-    # requests failed for good. The store turns it into recorded holes.
-    coverage: tuple[Coverage, ...] = ()
-
-    @property
-    def failures(self) -> list[str]:
-        return [reason for cov in self.coverage for _, _, reason in cov.failed]
-
-    @classmethod
-    def failed(cls, start_ms: int, end_ms: int, reason: str) -> "FetchResult":
-        """Nothing could be fetched for [start_ms, end_ms)."""
-        return cls(empty_candles(), 0, 0, start_ms, (failed_coverage(start_ms, end_ms, reason),))
-
-
-def merge_results(results: Sequence[FetchResult]) -> FetchResult:
-    """Several windows of one symbol as one result."""
-    return FetchResult(
-        candles=clean_candles(r.candles for r in results),
-        requests=sum(r.requests for r in results),
-        server_time_ms=max((r.server_time_ms for r in results), default=0),
-        closed_until_ms=max((r.closed_until_ms for r in results), default=0),
-        coverage=tuple(c for r in results for c in r.coverage),
-    )
-
-
 @dataclass
 class _Chunk:
     frames: list[pd.DataFrame] = field(default_factory=list)
     spans: list[tuple[int, int]] = field(default_factory=list)
     failed: tuple[int, int, str] | None = None
-
-
-class Exchange(Protocol):
-    """What the pipeline needs from an exchange."""
-
-    async def check_symbol(self, symbol: str) -> None: ...
-    async def server_time_ms(self) -> int: ...
-    async def first_candle_ms(self, symbol: str) -> int | None: ...
-    async def fetch_candles(
-        self, symbol: str, start_ms: int, end_ms: int, now_ms: int | None = None
-    ) -> FetchResult: ...
-    async def close(self) -> None: ...
 
 
 class _Binance(ccxt.binance):  # type: ignore[misc]  # ccxt ships no type stubs
@@ -392,34 +333,8 @@ class CcxtExchange:
         raise AssertionError("unreachable")
 
 
-async def gather_or_cancel(coroutines: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
-    """Like gather, but the first failure cancels the rest instead of leaving them running."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
 def _short(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if len(text) <= 200 else text[:200] + "…"
 
 
-async def fetch_days(exchange: Exchange, requested: dict[str, list[date]]) -> dict[str, FetchResult]:
-    """Fetch whole UTC days per symbol, each contiguous run of days as one window, all at once."""
-
-    async def one_symbol(symbol: str, days: list[date]) -> FetchResult:
-        runs = contiguous_day_runs(days)
-        return merge_results(
-            await gather_or_cancel(
-                exchange.fetch_candles(symbol, day_window(a)[0], day_window(b)[1]) for a, b in runs
-            )
-        )
-
-    symbols = list(requested)
-    results = await gather_or_cancel(one_symbol(s, requested[s]) for s in symbols)
-    return dict(zip(symbols, results, strict=True))

@@ -5,12 +5,12 @@ partition, so minute partitions could not carry years of history (see README, "D
 """
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date
 
 import dagster as dg
 
-from tradebeat_pipeline.candles import EXCHANGE_EPOCH
+from tradebeat_pipeline.timewindows import EXCHANGE_EPOCH
 
 DATE_DIMENSION = "date"
 SYMBOL_DIMENSION = "symbol"
@@ -48,6 +48,10 @@ def days_by_symbol(keys: Iterable[str]) -> dict[str, list[date]]:
     return {symbol: sorted(days) for symbol, days in grouped.items()}
 
 
+RANGE_START_TAG = "dagster/asset_partition_range_start"  # Dagster's own: one run over a key range
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
 def range_tags(first: tuple[date, str], last: tuple[date, str]) -> dict[str, str]:
     """Tags that make ONE run cover the rectangle from `first` to `last` (day, symbol).
 
@@ -55,9 +59,14 @@ def range_tags(first: tuple[date, str], last: tuple[date, str]) -> dict[str, str
     `BackfillPolicy.single_run()` backfills are executed.
     """
     return {
-        "dagster/asset_partition_range_start": str(partition_key(*first)),
-        "dagster/asset_partition_range_end": str(partition_key(*last)),
+        RANGE_START_TAG: str(partition_key(*first)),
+        RANGE_END_TAG: str(partition_key(*last)),
     }
+
+
+def range_of(tags: Mapping[str, str]) -> tuple[tuple[date, str], tuple[date, str]]:
+    """The (day, symbol) corners of a range-tagged run; KeyError/ValueError when it is not one."""
+    return parse_partition_key(tags[RANGE_START_TAG]), parse_partition_key(tags[RANGE_END_TAG])
 
 
 # Run tags tradebeat sets and reads.

@@ -1,0 +1,99 @@
+"""IO managers: thin Dagster adapters between the candle assets and the store.
+
+`ohlcv_1m`'s value is the candles of its partitions. Going out it is a fetched `Batch` (candles plus
+what the fetch learned about holes), written in one transaction; the write's `WriteReport` is kept on
+the batch for the asset's checks. Coming in, for a downstream asset, it is the stored candles of the
+partitions asked for, as one frame with a `symbol` column.
+"""
+
+import logging
+
+import dagster as dg
+import pandas as pd
+
+from tradebeat_pipeline.candles import SYMBOL_COLUMN, with_symbols
+from tradebeat_pipeline.defs.metadata import RunMetadata
+from tradebeat_pipeline.defs.partitions import days_by_symbol
+from tradebeat_pipeline.defs.resources import StoreResource
+from tradebeat_pipeline.ingest import Batch, write
+from tradebeat_pipeline.timewindows import MINUTE_MS, day_windows, iso_utc, now_ms
+
+beat_log = logging.getLogger("tradebeat.heartbeat")
+
+
+class CandleIOManager(dg.ConfigurableIOManager):
+    """Upserts an asset's candles and records the holes its fetches revealed, one transaction per
+    output, keyed by (symbol, minute)."""
+
+    store: dg.ResourceDependency[StoreResource]
+
+    def handle_output(self, context: dg.OutputContext, obj: Batch) -> None:
+        # asset_partition_key_range would enumerate every day since 2017 and cannot describe a run
+        # over several symbols; the key collection is exact and cheap.
+        requested = days_by_symbol(context.asset_partition_keys)
+        if set(obj.requested) - set(requested):
+            raise ValueError(f"a batch for symbols outside this run's partitions: {sorted(obj.requested)}")
+        with self.store.open() as store:
+            report = write(store, obj, now_ms=now_ms())
+        context.add_output_metadata(RunMetadata.of(obj, report, partitions=len(requested)).as_dict())
+        if obj.beat_minute is not None:
+            _log_beat(obj)
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        requested = days_by_symbol(context.asset_partition_keys)
+        frames: dict[str, list[pd.DataFrame]] = {}
+        with self.store.open() as store:
+            for symbol, days in requested.items():
+                frames[symbol] = [store.read_candles(symbol, a, b) for a, b in day_windows(days)]
+        return with_symbols({s: pd.concat(f, ignore_index=True) for s, f in frames.items()})
+
+
+def _log_beat(batch: Batch) -> None:
+    """The beat's one line, after its commit."""
+    assert batch.report is not None and batch.beat_minute is not None
+    total = batch.report.total
+    failed = batch.failed
+    beat_log.info(
+        "beat %s: %d symbols ok, %d failed, %d candles stored (%d corrected), close to commit %.1fs",
+        iso_utc(batch.beat_minute),
+        len(batch.results) - len(failed),
+        len(failed),
+        total.inserted,
+        total.updated,
+        (batch.report.committed_ms - batch.beat_minute - MINUTE_MS) / 1000,
+    )
+
+
+class RollupIOManager(dg.ConfigurableIOManager):
+    """Writes an asset's rollup buckets (timeframe from its definition metadata), one transaction
+    per output, keyed by (symbol, timeframe, bucket)."""
+
+    store: dg.ResourceDependency[StoreResource]
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        timeframe = str(context.definition_metadata["timeframe"])
+        batches = [
+            (str(symbol), timeframe, frame.drop(columns=SYMBOL_COLUMN))
+            for symbol, frame in obj.groupby(SYMBOL_COLUMN, sort=False)
+        ]
+        with self.store.open() as store:
+            written = store.upsert_rollups(batches)
+        context.add_output_metadata(
+            {
+                "buckets": written,
+                "incomplete_buckets": int((~obj["complete"]).sum()) if len(obj) else 0,
+                "timeframe": timeframe,
+            }
+        )
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        timeframe = str(context.upstream_output.definition_metadata["timeframe"])  # type: ignore[union-attr]
+        requested = days_by_symbol(context.asset_partition_keys)
+        frames: list[pd.DataFrame] = []
+        with self.store.open() as store:
+            for symbol, days in requested.items():
+                for a, b in day_windows(days):
+                    frame = store.read_rollups(symbol, timeframe, a, b)
+                    frames.append(frame.assign(**{SYMBOL_COLUMN: symbol}))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+

@@ -1,0 +1,319 @@
+"""One `ohlcv_1m` run apart from Dagster: plan it from the store (which symbols, which windows, which
+holes to ask about again), fetch it over an `Exchange`, and hand back a `Batch` that the IO manager
+writes in one transaction and the checks judge from the write's own report.
+
+A backfill fetches its whole days, one window per run of days and symbol, all symbols at once. A
+heartbeat fetches only what each symbol lacks up to its minute, after waiting for that minute to
+close. Both ask again about unexplained holes in their days and learn where a symbol's history
+begins on the exchange when the store does not know yet.
+"""
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import date
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from tradebeat_pipeline.candles import SYMBOL_COLUMN, empty_candles, with_symbols
+from tradebeat_pipeline.exchange import Exchange, FetchResult, gather_or_cancel, merge_results
+from tradebeat_pipeline.heartbeat import beat_windows, fetch_windows, wait_until_closed
+from tradebeat_pipeline.quality import FETCH_FAILED, PENDING, GapKind, GapReport, Hole, holes_to_probe
+from tradebeat_pipeline.store import CandleStore, SymbolWrite, UpsertResult
+from tradebeat_pipeline.timewindows import (
+    MINUTE_MS,
+    day_windows,
+    iso_utc,
+    last_closed_minute,
+    span,
+)
+
+backfill_log = logging.getLogger("tradebeat.backfill")
+beat_log = logging.getLogger("tradebeat.heartbeat")
+
+# Unexplained holes a heartbeat asks about again, per symbol per beat (it has a minute to spare).
+BEAT_PROBES_PER_SYMBOL = 3
+
+
+class IngestError(RuntimeError):
+    """The run cannot do what it was asked (nothing registered, every symbol failed)."""
+
+
+class NotRegistered(IngestError):
+    """A backfill over symbols the store does not know: they must be added first."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run will fetch, decided from the store before any request is sent."""
+
+    requested: dict[str, list[date]]  # registered symbols, each with its days in order
+    skipped: list[str]  # partitions whose symbol the sensor has not registered yet (beats only)
+    newest: dict[str, int | None]  # each symbol's newest stored candle
+    probes: dict[str, list[Hole]]  # unexplained holes to ask about again, within the run's days
+    unknown_start: list[str]  # symbols whose first candle on the exchange is not known yet
+    beat_minute: int | None = None  # set for a heartbeat: the minute it stores
+
+    @property
+    def is_beat(self) -> bool:
+        return self.beat_minute is not None
+
+
+def plan_run(
+    store: CandleStore, requested: dict[str, list[date]], *, beat_minute: int | None, now_ms: int
+) -> RunPlan:
+    """Plan a run over `requested` (symbol -> days). A backfill refuses unregistered symbols; a beat
+    skips them (a partition the symbols sensor has not validated yet)."""
+    active = store.active_symbols()
+    unregistered = sorted(set(requested) - active)
+    if unregistered and beat_minute is None:
+        raise NotRegistered(
+            f"not registered in the store: {', '.join(unregistered)}; "
+            "add them with `tradebeat symbols add` (or wait for the symbols sensor)"
+        )
+    registered = {s: days for s, days in requested.items() if s in active}
+    first_candles = store.first_candles(list(registered))
+    # A backfill refetches its whole days anyway; only a pending hole needs the exact re-ask.
+    kinds: tuple[GapKind, ...] = (PENDING,) if beat_minute is None else (PENDING, FETCH_FAILED)
+    limit = None if beat_minute is None else BEAT_PROBES_PER_SYMBOL
+    probes: dict[str, list[Hole]] = {}
+    for symbol, days in registered.items():
+        lo, hi = span(day_windows(days))
+        due = holes_to_probe(store.holes(symbol, lo, hi), kinds, now_ms=now_ms, limit=limit)
+        # A hole reaching past the run's days is asked about only within them.
+        probes[symbol] = [replace(h, start=max(h.start, lo), end=min(h.end, hi - MINUTE_MS)) for h in due]
+    return RunPlan(
+        requested=registered,
+        skipped=unregistered,
+        newest=store.newest_candles(list(registered)),
+        probes=probes,
+        unknown_start=[s for s in registered if first_candles[s] is None],
+        beat_minute=beat_minute,
+    )
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    """What the write of a batch did, and the gap accounting of the run's windows right after it: the
+    checks and the run's metadata read this instead of the store."""
+
+    upserts: dict[str, UpsertResult]
+    gaps: dict[str, list[GapReport]]  # per symbol, one report per window of its days (closed minutes)
+    newest: dict[str, int | None]  # each symbol's newest stored candle inside its windows
+    committed_ms: int
+
+    @property
+    def total(self) -> UpsertResult:
+        return sum(self.upserts.values(), UpsertResult())
+
+    def missing_minutes(self) -> dict[str, int]:
+        """Closed minutes of each symbol's days with no stored candle (explained or not)."""
+        return {s: sum(r.expected - r.stored for r in reports) for s, reports in self.gaps.items()}
+
+
+@dataclass
+class Batch:
+    """What one run fetched, for the IO manager to store in one transaction: per symbol its candles
+    and what each fetch covered (the holes it revealed), plus where each symbol's history begins on
+    the exchange when the run had to ask. The IO manager records its `report` once written."""
+
+    requested: dict[str, list[date]]
+    results: dict[str, FetchResult]
+    first_candles: dict[str, int | None] = field(default_factory=dict)
+    beat_minute: int | None = None
+    report: WriteReport | None = None
+
+    @cached_property
+    def candles(self) -> pd.DataFrame:
+        """Every symbol's candles in one frame with a `symbol` column (built once)."""
+        return with_symbols({s: r.candles for s, r in self.results.items()})
+
+    @property
+    def failed(self) -> list[str]:
+        return sorted(s for s, r in self.results.items() if r.failures)
+
+    @property
+    def closed_until_ms(self) -> int:
+        """Every minute opening before this had closed when the run fetched (by the exchange's clock;
+        by ours when every fetch failed)."""
+        closed = max((r.closed_until_ms for r in self.results.values()), default=0)
+        return closed or last_closed_minute()
+
+    def windows(self) -> dict[str, list[tuple[int, int]]]:
+        """Per fetched symbol, its days as windows of closed minutes: what the checks judge."""
+        until = self.closed_until_ms
+        return {s: day_windows(self.requested[s], until_ms=until) for s in self.results}
+
+    def writes(self) -> list[SymbolWrite]:
+        """The batch as the store's writes; a row or fetch outside the run's own partitions is a bug
+        and stops the write before anything is stored."""
+        batches = dict(split_by_symbol(self.candles, self.requested))
+        writes = []
+        for symbol, result in self.results.items():
+            refuse_coverage_outside(symbol, result, self.requested)
+            writes.append(
+                SymbolWrite(
+                    symbol,
+                    batches.get(symbol, empty_candles()),
+                    result.coverage,
+                    self.first_candles.get(symbol),
+                )
+            )
+        return writes
+
+
+def write(store: CandleStore, batch: Batch, *, now_ms: int) -> WriteReport:
+    """Store a batch in one transaction, then account for the closed minutes of its windows once: the
+    report the checks and the metadata share."""
+    upserts = store.ingest(batch.writes())
+    windows = batch.windows()
+    gaps = {s: [store.gap_report(s, a, b) for a, b in w] for s, w in windows.items()}
+    newest = {
+        s: store.newest_candles([s], before_ms=w[-1][1])[s] if w else None for s, w in windows.items()
+    }
+    report = WriteReport(upserts, gaps, newest, now_ms)
+    batch.report = report
+    return report
+
+
+def split_by_symbol(
+    candles: pd.DataFrame, requested: dict[str, list[date]]
+) -> list[tuple[str, pd.DataFrame]]:
+    """Per-symbol batches; a row outside the run's own partitions is a bug and stops the write."""
+    batches: list[tuple[str, pd.DataFrame]] = []
+    if candles.empty:
+        return batches
+    unknown = set(candles[SYMBOL_COLUMN].unique()) - set(requested)
+    if unknown:
+        raise ValueError(f"candles for symbols outside this run's partitions: {sorted(unknown)}")
+    for symbol, frame in candles.groupby(SYMBOL_COLUMN, sort=False):
+        ts = frame["timestamp"].to_numpy()
+        inside = np.zeros(len(ts), dtype=bool)
+        for lo, hi in day_windows(requested[str(symbol)]):
+            inside |= (ts >= lo) & (ts < hi)
+        if not inside.all():
+            first = int(ts[~inside][0])
+            raise ValueError(
+                f"{symbol}: candle at {iso_utc(first)} lies outside this run's partitions; "
+                "nothing was written"
+            )
+        batches.append((str(symbol), frame.drop(columns=SYMBOL_COLUMN)))
+    return batches
+
+
+def refuse_coverage_outside(symbol: str, result: FetchResult, requested: dict[str, list[date]]) -> None:
+    """A fetched window reaching outside the run's partitions would rewrite holes it does not own."""
+    days = requested.get(symbol)
+    if days is None:
+        raise ValueError(f"{symbol}: fetched, but not among this run's partitions; nothing was written")
+    windows = day_windows(days)
+    for cov in result.coverage:
+        if not any(lo <= cov.start and cov.end <= hi for lo, hi in windows):
+            raise ValueError(
+                f"{symbol}: a fetch of {iso_utc(cov.start)}..{iso_utc(cov.end)} lies outside this "
+                "run's partitions; nothing was written"
+            )
+
+
+def expected_minutes(days: Iterable[date], now_ms: int | None = None) -> int:
+    """Minutes that have closed (by the local clock) within these days."""
+    return sum((b - a) // MINUTE_MS for a, b in day_windows(days, until_ms=last_closed_minute(now_ms)))
+
+
+# -- fetching ---------------------------------------------------------------------------------
+
+
+async def fetch_backfill(exchange: Exchange, plan: RunPlan) -> Batch:
+    """A backfill: every symbol's whole days, then its re-asks."""
+    first_candles = await first_candles_of(exchange, plan.unknown_start)
+    results = _merge_probes(await fetch_days(exchange, plan.requested), await probe_all(exchange, plan.probes))
+    for symbol, result in results.items():
+        days = plan.requested[symbol]
+        backfill_log.info(
+            "%s: %d closed candles for %s..%s in %d requests (exchange clock %s)",
+            symbol,
+            len(result.candles),
+            days[0],
+            days[-1],
+            result.requests,
+            iso_utc(result.server_time_ms),
+        )
+        for reason in result.failures:
+            backfill_log.error("%s: part of the range could not be fetched (%s)", symbol, reason)
+    return Batch(plan.requested, results, first_candles)
+
+
+async def fetch_beat(exchange: Exchange, plan: RunPlan, *, buffer_s: float) -> Batch:
+    """A heartbeat: what each symbol lacks up to the beat's minute, once it has closed by both clocks.
+    One failing symbol costs only itself; every symbol failing fails the beat."""
+    assert plan.beat_minute is not None
+    minute_ms = plan.beat_minute
+    if not plan.requested:
+        raise IngestError("no registered symbol in this beat's range")
+    windows = beat_windows(plan.requested, plan.newest, minute_ms)
+    # Ask the slow questions while the minute may still be open.
+    first_candles = await first_candles_of(exchange, plan.unknown_start)
+    probed = await probe_all(exchange, plan.probes)
+    server_ms = await wait_until_closed(exchange, minute_ms, buffer_s)
+    results = await fetch_windows(exchange, windows, server_ms)
+    if all(r.failures for r in results.values()):
+        reasons = {s: r.failures for s, r in results.items()}
+        raise IngestError(f"beat {iso_utc(minute_ms)}: every symbol failed: {reasons}")
+    results = _merge_probes(results, probed)
+    for symbol, result in results.items():
+        for reason in result.failures:
+            beat_log.error("%s: not stored this beat, retried on the next one (%s)", symbol, reason)
+    return Batch(plan.requested, results, first_candles, beat_minute=minute_ms)
+
+
+async def fetch_days(exchange: Exchange, requested: dict[str, list[date]]) -> dict[str, FetchResult]:
+    """Fetch whole UTC days per symbol, each contiguous run of days as one window, all at once."""
+
+    async def one_symbol(days: list[date], symbol: str) -> FetchResult:
+        return merge_results(
+            await gather_or_cancel(exchange.fetch_candles(symbol, a, b) for a, b in day_windows(days))
+        )
+
+    symbols = list(requested)
+    results = await gather_or_cancel(one_symbol(requested[s], s) for s in symbols)
+    return dict(zip(symbols, results, strict=True))
+
+
+async def probe_all(exchange: Exchange, probes: dict[str, list[Hole]]) -> dict[str, list[FetchResult]]:
+    """Ask again for exactly each unexplained hole's window; a second empty answer, long enough
+    after the first, is what makes a hole the exchange's own."""
+    return {
+        symbol: [await _probe(exchange, symbol, h) for h in holes]
+        for symbol, holes in probes.items()
+        if holes
+    }
+
+
+def _merge_probes(
+    results: dict[str, FetchResult], probed: dict[str, list[FetchResult]]
+) -> dict[str, FetchResult]:
+    """Each symbol's main window first, then its re-asks (the store records holes in that order)."""
+    return {s: merge_results([r, *probed.get(s, [])]) for s, r in results.items()}
+
+
+async def _probe(exchange: Exchange, symbol: str, hole: Hole) -> FetchResult:
+    try:
+        return await exchange.fetch_candles(symbol, hole.start, hole.end + MINUTE_MS)
+    except Exception as exc:  # a failed re-ask keeps the hole unexplained; it must not fail the run
+        return FetchResult.failed(hole.start, hole.end + MINUTE_MS, f"{type(exc).__name__}: {exc}")
+
+
+async def first_candles_of(exchange: Exchange, symbols: list[str]) -> dict[str, int | None]:
+    """Where each symbol's history begins on the exchange (asked once per symbol, then stored)."""
+    found: dict[str, int | None] = {}
+    for symbol in symbols:
+        try:
+            found[symbol] = await exchange.first_candle_ms(symbol)
+        except Exception as exc:  # an unknown start only means early minutes count as holes
+            backfill_log.warning(
+                "%s: could not ask where its history begins (%s); asking again next run", symbol, exc
+            )
+    return found
+
