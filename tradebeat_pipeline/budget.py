@@ -103,6 +103,16 @@ def ledger_path(db_path: Path, api_url: str) -> Path:
     return db_path.parent / f"rate-budget-{re.sub(r'[^A-Za-z0-9.-]', '_', host)}.json"
 
 
+def read_ledger(db_path: Path, api_url: str, *, now_s: float | None = None) -> BudgetUse | None:
+    """What every process spent from the ledger of `api_url`'s host in the current window (None when
+    no request was ever sent); reading changes nothing."""
+    path = ledger_path(db_path, api_url)
+    if not path.exists():
+        return None
+    clock = time.time if now_s is None else (lambda: now_s)
+    return WeightBudget(path, 0, Lane.BULK, clock=clock).use()
+
+
 class WeightBudget:
     """Request weight per minute for all processes sharing `path` (one process only when None)."""
 

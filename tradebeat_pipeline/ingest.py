@@ -17,6 +17,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from tradebeat_pipeline import progress
 from tradebeat_pipeline.candles import SYMBOL_COLUMN, empty_candles, with_symbols
 from tradebeat_pipeline.exchange import Exchange, FetchResult, gather_or_cancel, merge_results
 from tradebeat_pipeline.heartbeat import beat_windows, fetch_windows, wait_until_closed
@@ -170,9 +171,7 @@ def write(store: CandleStore, batch: Batch, *, now_ms: int) -> WriteReport:
     upserts = store.ingest(batch.writes())
     windows = batch.windows()
     gaps = {s: [store.gap_report(s, a, b) for a, b in w] for s, w in windows.items()}
-    newest = {
-        s: store.newest_candles([s], before_ms=w[-1][1])[s] if w else None for s, w in windows.items()
-    }
+    newest = {s: store.newest_candles([s], before_ms=w[-1][1])[s] if w else None for s, w in windows.items()}
     report = WriteReport(upserts, gaps, newest, now_ms)
     batch.report = report
     return report
@@ -227,8 +226,11 @@ def expected_minutes(days: Iterable[date], now_ms: int | None = None) -> int:
 
 async def fetch_backfill(exchange: Exchange, plan: RunPlan) -> Batch:
     """A backfill: every symbol's whole days, then its re-asks."""
+    progress.begin("candles fetched", total=sum(expected_minutes(days) for days in plan.requested.values()))
     first_candles = await first_candles_of(exchange, plan.unknown_start)
-    results = _merge_probes(await fetch_days(exchange, plan.requested), await probe_all(exchange, plan.probes))
+    results = _merge_probes(
+        await fetch_days(exchange, plan.requested), await probe_all(exchange, plan.probes)
+    )
     for symbol, result in results.items():
         days = plan.requested[symbol]
         backfill_log.info(
@@ -316,4 +318,3 @@ async def first_candles_of(exchange: Exchange, symbols: list[str]) -> dict[str, 
                 "%s: could not ask where its history begins (%s); asking again next run", symbol, exc
             )
     return found
-

@@ -8,13 +8,14 @@ import re
 from dataclasses import dataclass, field
 from datetime import date
 
+from tradebeat_pipeline.errors import Refused
 from tradebeat_pipeline.timewindows import MINUTE_MS, utc_day
 
 _SYMBOL_RE = re.compile(r"[A-Z0-9]{1,20}/[A-Z0-9]{1,20}")
 SYMBOL_FORM = "a ccxt spot symbol BASE/QUOTE such as BTC/USDT"
 
 
-class SymbolError(ValueError):
+class SymbolError(Refused, ValueError):
     """A string that is not a ccxt unified spot symbol."""
 
 
@@ -28,8 +29,6 @@ def normalize_symbol(raw: str) -> str:
         hint = " (derivatives symbols with ':' are not supported)" if ":" in symbol else ""
         raise SymbolError(f"invalid symbol {shown!r}{hint}: expected {SYMBOL_FORM}")
     return symbol
-
-
 
 
 @dataclass

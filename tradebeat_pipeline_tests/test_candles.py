@@ -5,8 +5,8 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from tradebeat_pipeline.candles import missing_minutes
 from tradebeat_pipeline.exchange.binance import MalformedAnswer, parse_klines
+from tradebeat_pipeline.quality import missing_runs
 from tradebeat_pipeline.symbols import SymbolError, normalize_symbol
 from tradebeat_pipeline.timewindows import contiguous_day_runs, day_window
 
@@ -117,4 +117,4 @@ def test_a_day_window_is_the_utc_day_in_epoch_ms() -> None:
 
 def test_missing_minutes_counts_only_minutes_inside_the_window() -> None:
     ts = pd.Series([0, 60_000, 180_000, 600_000]).to_numpy()
-    assert missing_minutes(ts, 0, 240_000) == 1
+    assert missing_runs(ts, 0, 240_000) == [(120_000, 120_000)]  # one minute missing

@@ -15,7 +15,8 @@ from tradebeat_pipeline.health import (
     symbol_health,
 )
 from tradebeat_pipeline.quality import Coverage
-from tradebeat_pipeline.store.sqlite import SQLiteStore, SymbolWrite
+from tradebeat_pipeline.store import SymbolWrite
+from tradebeat_pipeline.store.sqlite import SQLiteStore
 from tradebeat_pipeline_tests.conftest import ms
 
 M = 60_000

@@ -10,7 +10,7 @@ import pytest
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.definitions import resources
 from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.defs.io_managers import expected_minutes, split_by_symbol
+from tradebeat_pipeline.ingest import expected_minutes, split_by_symbol
 from tradebeat_pipeline.defs.partitions import candle_partitions
 from tradebeat_pipeline.sandbox.server import Sandbox
 from tradebeat_pipeline_tests.conftest import ms

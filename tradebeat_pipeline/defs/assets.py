@@ -33,6 +33,7 @@ chart_log = logging.getLogger("tradebeat.chart")
 # BackfillPolicy.single_run() is marked beta; it is the documented way to load a range as one run.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
+
 @dg.asset(
     partitions_def=candle_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -62,7 +63,11 @@ def ohlcv_1m(
             beat_log.warning("%s: skipped this beat, not registered yet", symbol)
         if plan.is_beat:
             batch = asyncio.run(
-                _fetch(exchange, Lane.BEAT, lambda ex: fetch_beat(ex, plan, buffer_s=settings.heartbeat_buffer_seconds))
+                _fetch(
+                    exchange,
+                    Lane.BEAT,
+                    lambda ex: fetch_beat(ex, plan, buffer_s=settings.heartbeat_buffer_seconds),
+                )
             )
         else:
             batch = asyncio.run(_fetch(exchange, Lane.BULK, lambda ex: fetch_backfill(ex, plan)))

@@ -14,6 +14,7 @@ from tradebeat_pipeline.defs.partitions import (
     KIND_TAG,
     ONBOARD_TAG,
     SYMBOLS_PARTITIONS_NAME,
+    Kind,
     beat_tags,
     candle_partitions,
     range_of,
@@ -77,7 +78,7 @@ def rollups_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | d
     day = context.scheduled_execution_time.astimezone(UTC).date()
     return dg.RunRequest(
         run_key=f"rollups-{context.scheduled_execution_time.isoformat()}",
-        tags={**range_tags((day, symbols[0]), (day, symbols[-1])), KIND_TAG: "rollups"},
+        tags={**range_tags((day, symbols[0]), (day, symbols[-1])), KIND_TAG: Kind.ROLLUPS},
     )
 
 
@@ -109,7 +110,7 @@ def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg
     if not symbols:
         return dg.SkipReason("no symbols registered; add one with `tradebeat symbols add BTC/USDT`")
     waiting = context.instance.get_run_records(
-        filters=dg.RunsFilter(tags={KIND_TAG: "heartbeat"}, statuses=[dg.DagsterRunStatus.QUEUED]),
+        filters=dg.RunsFilter(tags={KIND_TAG: Kind.HEARTBEAT}, statuses=[dg.DagsterRunStatus.QUEUED]),
         limit=1,
     )
     if waiting:
@@ -180,7 +181,7 @@ def symbols_sensor(
                 run_key=f"onboard-{first}-{last}-{now}",
                 tags={
                     **range_tags((group.first_day, first), (group.last_day, last)),
-                    KIND_TAG: "backfill",
+                    KIND_TAG: Kind.BACKFILL,
                     ONBOARD_TAG: span,
                 },
             )
@@ -241,7 +242,7 @@ def prune_heartbeat_runs(context: dg.OpExecutionContext) -> None:
     settings = run_settings()
     cutoff = time.time() - settings.run_retention_days * DAY_MS / 1000
     beats = []
-    for record in context.instance.get_run_records(filters=dg.RunsFilter(tags={KIND_TAG: "heartbeat"})):
+    for record in context.instance.get_run_records(filters=dg.RunsFilter(tags={KIND_TAG: Kind.HEARTBEAT})):
         run = record.dagster_run
         tags = run.tags
         try:

@@ -60,7 +60,15 @@ def ohlc_valid(candles: pd.DataFrame) -> dg.AssetCheckResult:
     extra: dict[str, dg.RawMetadataValue] = {}
     if len(violations):
         shown = violations.head(MAX_LISTED).assign(time_utc=lambda f: f["timestamp"].map(iso_utc))
-        columns = [SYMBOL_COLUMN] * has_symbol + ["time_utc", "open", "high", "low", "close", "volume", "problem"]
+        columns = [SYMBOL_COLUMN] * has_symbol + [
+            "time_utc",
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            "problem",
+        ]
         extra["violating_rows"] = dg.MetadataValue.md(_markdown(shown[columns]))
     if report.halted:
         extra["halted"] = dg.MetadataValue.md(

@@ -96,4 +96,3 @@ class RollupIOManager(dg.ConfigurableIOManager):
                     frame = store.read_rollups(symbol, timeframe, a, b)
                     frames.append(frame.assign(**{SYMBOL_COLUMN: symbol}))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-

@@ -21,7 +21,7 @@ MAX_SYMBOLS_LISTED = 20
 class _Metadata:
     """Fields are metadata entries; `extra` holds entries for people (tables, lists) only."""
 
-    def as_dict(self, **extra: dg.RawMetadataValue) -> dict[str, dg.RawMetadataValue]:
+    def as_dict(self, **extra: "dg.RawMetadataValue") -> "dict[str, dg.RawMetadataValue]":
         entries = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {**{k: v for k, v in entries.items() if v is not None}, **extra}
 

@@ -7,6 +7,7 @@ partition, so minute partitions could not carry years of history (see README, "D
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import date
+from typing import Final
 
 import dagster as dg
 
@@ -70,11 +71,20 @@ def range_of(tags: Mapping[str, str]) -> tuple[tuple[date, str], tuple[date, str
 
 
 # Run tags tradebeat sets and reads.
-KIND_TAG = "tradebeat/kind"  # "heartbeat" or "backfill"
+KIND_TAG = "tradebeat/kind"  # a `Kind`
 BEAT_MINUTE_TAG = "tradebeat/beat_minute"  # epoch ms of the minute a heartbeat stores
 ONBOARD_TAG = "tradebeat/onboard"  # the symbols an automatic history backfill onboards
 
 
+class Kind:
+    """What a run is for, as its KIND_TAG says (the run queue admits one HEARTBEAT at a time).
+    Plain strings, not an enum: run tags must serialize as text."""
+
+    HEARTBEAT: Final = "heartbeat"
+    BACKFILL: Final = "backfill"
+    ROLLUPS: Final = "rollups"
+
+
 def beat_tags(first: tuple[date, str], last: tuple[date, str], minute_ms: int) -> dict[str, str]:
     """Tags that make a run the heartbeat for `minute_ms` over the rectangle `first`..`last`."""
-    return {**range_tags(first, last), KIND_TAG: "heartbeat", BEAT_MINUTE_TAG: str(minute_ms)}
+    return {**range_tags(first, last), KIND_TAG: Kind.HEARTBEAT, BEAT_MINUTE_TAG: str(minute_ms)}

@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 import pandas as pd
 
 from tradebeat_pipeline.candles import clean_candles, empty_candles
+from tradebeat_pipeline.errors import Failed
 from tradebeat_pipeline.exchange.binance import MalformedAnswer
 from tradebeat_pipeline.quality import Coverage, failed_coverage
 
@@ -31,7 +32,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class ExchangeFailure(RuntimeError):
+class ExchangeFailure(Failed, RuntimeError):
     """The exchange could not be asked (after retries) or refused the request."""
 
 
@@ -98,5 +99,3 @@ async def gather_or_cancel(coroutines: Iterable[Coroutine[Any, Any, T]]) -> list
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-
-

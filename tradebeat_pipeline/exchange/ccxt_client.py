@@ -16,6 +16,7 @@ import ccxt.async_support as ccxt
 import numpy as np
 import pandas as pd
 
+from tradebeat_pipeline import progress
 from tradebeat_pipeline.budget import Lane, WeightBudget
 from tradebeat_pipeline.candles import clean_candles
 from tradebeat_pipeline.exchange import (
@@ -267,6 +268,7 @@ class CcxtExchange:
                 chunk.spans.append((int(times.iloc[0]), int(times.iloc[-1])))
                 closed = close_times < now_ms
                 chunk.frames.append(page[closed])
+                progress.advance(int(closed.sum()))
                 since = int(times.iloc[-1]) + MINUTE_MS
                 if not closed.all():
                     break
@@ -336,5 +338,3 @@ class CcxtExchange:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if len(text) <= 200 else text[:200] + "…"
-
-

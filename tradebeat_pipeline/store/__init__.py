@@ -13,10 +13,11 @@ from typing import Protocol
 
 import pandas as pd
 
+from tradebeat_pipeline.errors import Failed
 from tradebeat_pipeline.quality import Coverage, GapReport, Hole
 
 
-class StoreError(RuntimeError):
+class StoreError(Failed, RuntimeError):
     """The database cannot be used as a tradebeat store (wrong file, newer schema, read-only)."""
 
 
@@ -82,8 +83,6 @@ class CandleStore(Protocol):
     def first_candles(self, symbols: Sequence[str]) -> dict[str, int | None]: ...
     def holes(self, symbol: str, start_ms: int, end_ms: int) -> list[Hole]: ...
     def gap_report(self, symbol: str, start_ms: int, end_ms: int) -> GapReport: ...
-
-
 
 
 def open_store(db_path: Path) -> CandleStore:

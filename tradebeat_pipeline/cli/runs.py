@@ -1,0 +1,63 @@
+"""The CLI's Dagster glue: the instance in DAGSTER_HOME, and runs materialized in this process but
+recorded in that instance, so they show in the UI like the daemon's (also used by benchmarks and
+tests that need a heartbeat or a backfill without a daemon)."""
+
+import os
+from collections.abc import Iterable
+from datetime import date
+
+import dagster as dg
+
+from tradebeat_pipeline.definitions import resources
+from tradebeat_pipeline.defs.assets import ROLLUP_ASSETS, ohlcv_1m
+from tradebeat_pipeline.defs.partitions import KIND_TAG, Kind, beat_tags, range_tags
+from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME
+
+
+def instance() -> dg.DagsterInstance:
+    """The Dagster instance in DAGSTER_HOME (the project's dagster_home/ unless set); use it in a
+    `with` block so it is closed (an instance left open lingers in Dagster's process-wide state).
+
+    Dagster reads its home from the environment only, so an unset DAGSTER_HOME is set here, for
+    this process and the runs it materializes."""
+    if not os.environ.get("DAGSTER_HOME"):
+        DEFAULT_DAGSTER_HOME.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(DEFAULT_DAGSTER_HOME)
+    return dg.DagsterInstance.get()
+
+
+def materialize_history(
+    dagster: dg.DagsterInstance,
+    symbols: Iterable[str],
+    first: date,
+    last: date,
+    *,
+    rollups: bool = False,
+    log_level: str = "INFO",
+) -> dg.ExecuteInProcessResult:
+    """Days first..last of adjacent symbols (in partition order) as ONE backfill run, its rollups
+    too when asked (each asset adds Dagster's per-partition bookkeeping, ~60 ms a day)."""
+    ordered = list(symbols)
+    return dg.materialize(
+        [ohlcv_1m, *ROLLUP_ASSETS] if rollups else [ohlcv_1m],
+        instance=dagster,
+        resources=resources(),
+        tags={**range_tags((first, ordered[0]), (last, ordered[-1])), KIND_TAG: Kind.BACKFILL},
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+    )
+
+
+def materialize_beat(
+    dagster: dg.DagsterInstance, symbols: Iterable[str], first: date, last: date, minute_ms: int
+) -> dg.ExecuteInProcessResult:
+    """One heartbeat run for `minute_ms` over days first..last of adjacent symbols, as the schedule
+    would launch it (without its queue and priority tags)."""
+    ordered = list(symbols)
+    return dg.materialize(
+        [ohlcv_1m],
+        instance=dagster,
+        resources=resources(),
+        tags=beat_tags((first, ordered[0]), (last, ordered[-1]), minute_ms),
+        raise_on_error=False,
+    )
