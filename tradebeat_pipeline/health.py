@@ -1,15 +1,15 @@
 """Is tradebeat healthy? The judgement behind `tradebeat status`, apart from Dagster: per-symbol
-figures from the store, plus the daemon's and the heartbeat's last signs of life, handed in as plain
-values by the caller. Exit codes follow the monitoring-plugin convention (0 OK, 1 WARNING/degraded,
+figures from any `CandleStore`, plus the daemon's and the heartbeat's last signs of life, handed in
+as plain values by the caller, who also names the instant judged (`now_ms`, `now_s`): no clock is
+read here. Exit codes follow the monitoring-plugin convention (0 OK, 1 WARNING/degraded,
 2 CRITICAL/down, 3 UNKNOWN)."""
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 
 from tradebeat_pipeline.quality import EXCHANGE, covered_by_exchange
-from tradebeat_pipeline.store.sqlite import SQLiteStore
+from tradebeat_pipeline.store import CandleStore
 from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, iso_utc
 
 # The daemon writes a heartbeat every 30 s; five minutes without one means it is gone.
@@ -18,8 +18,6 @@ DAEMON_STALE_S = 300
 BEAT_STALE_S = 300
 # How far back the complete-through watermark looks for the first unexplained hole.
 WATERMARK_DAYS = 7
-
-clock: Callable[[], float] = time.time  # tests replace it: status is judged at a chosen instant
 
 
 class Health(IntEnum):
@@ -74,7 +72,7 @@ class Report:
         }
 
 
-def symbol_health(store: SQLiteStore, symbol: str, now_ms: int) -> SymbolHealth:
+def symbol_health(store: CandleStore, symbol: str, now_ms: int) -> SymbolHealth:
     """One symbol's figures at `now_ms`."""
     last_closed = now_ms - now_ms % MINUTE_MS - MINUTE_MS
     first, newest = store.candle_span(symbol)

@@ -1,5 +1,6 @@
 """The health verdict behind `tradebeat status`, on a real store with aged data."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +16,7 @@ from tradebeat_pipeline.health import (
     symbol_health,
 )
 from tradebeat_pipeline.quality import Coverage
-from tradebeat_pipeline.store import SymbolWrite
-from tradebeat_pipeline.store.sqlite import SQLiteStore
+from tradebeat_pipeline.store import CandleStore, SymbolWrite, open_store
 from tradebeat_pipeline_tests.conftest import ms
 
 M = 60_000
@@ -101,13 +101,13 @@ def candles(start: int, n: int) -> pd.DataFrame:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    s = SQLiteStore(tmp_path / "health.sqlite")
-    s.register_symbol("BTC/USDT")
-    return s
+def store(tmp_path: Path) -> Iterator[CandleStore]:
+    with open_store(tmp_path / "health.sqlite") as s:
+        s.register_symbol("BTC/USDT")
+        yield s
 
 
-def test_complete_through_stops_before_the_first_unexplained_hole(store: SQLiteStore) -> None:
+def test_complete_through_stops_before_the_first_unexplained_hole(store: CandleStore) -> None:
     start = ms("2026-01-01T11:00:00Z")
     batch = pd.concat([candles(start, 30), candles(start + 40 * M, 20)], ignore_index=True)
     store.ingest([SymbolWrite("BTC/USDT", batch, [Coverage(start, LAST_CLOSED + M)])])  # hole: pending
@@ -117,7 +117,7 @@ def test_complete_through_stops_before_the_first_unexplained_hole(store: SQLiteS
     assert (figures.lag_minutes, figures.candles_today, figures.unexplained_minutes_24h) == (0, 50, 10)
 
 
-def test_an_exchange_hole_does_not_stop_complete_through(store: SQLiteStore) -> None:
+def test_an_exchange_hole_does_not_stop_complete_through(store: CandleStore) -> None:
     start = ms("2026-01-01T11:00:00Z")
     batch = pd.concat([candles(start, 30), candles(start + 40 * M, 20)], ignore_index=True)
     answer = Coverage(start, LAST_CLOSED + M, spans=((start, LAST_CLOSED),))  # one answer skipped them
@@ -127,7 +127,7 @@ def test_an_exchange_hole_does_not_stop_complete_through(store: SQLiteStore) -> 
     assert figures.unexplained_minutes_24h == 0
 
 
-def test_lag_is_counted_from_the_last_closed_minute(store: SQLiteStore) -> None:
+def test_lag_is_counted_from_the_last_closed_minute(store: CandleStore) -> None:
     store.ingest([SymbolWrite("BTC/USDT", candles(ms("2026-01-01T11:00:00Z"), 50), [])])
     figures = symbol_health(store, "BTC/USDT", NOW_MS)
     assert (figures.newest_candle, figures.lag_minutes, figures.lag_explained) == (
@@ -137,7 +137,7 @@ def test_lag_is_counted_from_the_last_closed_minute(store: SQLiteStore) -> None:
     )
 
 
-def test_a_symbol_without_candles_has_no_figures(store: SQLiteStore) -> None:
+def test_a_symbol_without_candles_has_no_figures(store: CandleStore) -> None:
     figures = symbol_health(store, "BTC/USDT", NOW_MS)
     assert (figures.newest_candle, figures.lag_minutes, figures.candles_today) == (None, None, 0)
     assert verdict([figures]) == Health.DEGRADED

@@ -1,9 +1,11 @@
 """The SQLite store: schema, idempotent upserts, corrections, and refusing files it must not touch."""
 
+import inspect
 import os
+import re
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,8 +13,9 @@ import pandas as pd
 import pytest
 
 from tradebeat_pipeline.candles import CANDLE_COLUMNS
+from tradebeat_pipeline.errors import Failed
 from tradebeat_pipeline.quality import Coverage, Hole
-from tradebeat_pipeline.store import StoreError, SymbolWrite, UnknownSymbol
+from tradebeat_pipeline.store import CandleStore, StoreError, SymbolWrite, UnknownSymbol, open_store
 from tradebeat_pipeline.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 DAY1 = 1577836800000  # 2020-01-01T00:00Z
@@ -251,3 +254,125 @@ def test_a_failed_ingest_records_neither_candles_nor_holes(store: SQLiteStore) -
         store.ingest(writes)
     assert rows(store) == []
     assert store.holes("BTC/USDT", DAY1, DAY1 + 30 * 60_000) == []
+
+
+INTERFACE = [
+    "active_symbols",
+    "candle_span",
+    "close",
+    "count_candles",
+    "deactivate_symbol",
+    "first_candles",
+    "gap_report",
+    "holes",
+    "ingest",
+    "list_symbols",
+    "newest_candles",
+    "read_candles",
+    "read_rollups",
+    "register_symbol",
+    "upsert_candles",
+    "upsert_rollups",
+]
+
+
+def protocol_methods() -> list[str]:
+    return sorted(n for n, v in vars(CandleStore).items() if callable(v) and not n.startswith("_"))
+
+
+def test_the_interface_declares_every_method_callers_use_and_no_ids() -> None:
+    assert protocol_methods() == INTERFACE
+    assert {"__enter__", "__exit__"} <= set(vars(CandleStore))
+
+
+@pytest.mark.parametrize("name", [*INTERFACE, "__enter__", "__exit__"])
+def test_sqlite_store_implements_each_method_with_the_interfaces_signature(name: str) -> None:
+    declared = inspect.signature(getattr(CandleStore, name))
+    implemented = inspect.signature(getattr(SQLiteStore, name))
+    assert list(implemented.parameters.values()) == list(declared.parameters.values())
+    if name != "__enter__":  # the interface says Self, the implementation names itself
+        assert implemented.return_annotation == declared.return_annotation
+
+
+def test_open_store_creates_a_working_store_at_a_fresh_path(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "candles.sqlite"
+    with open_store(path) as store:
+        store.register_symbol("BTC/USDT")
+        store.upsert_candles([("BTC/USDT", candles(DAY1, 3))], now_ms=1)
+    with open_store(path) as reopened:
+        assert [(r.symbol, r.first_candle, r.last_candle, r.candles) for r in reopened.list_symbols()] == [
+            ("BTC/USDT", DAY1, DAY1 + 2 * 60_000, 3)
+        ]
+        assert reopened.read_candles("BTC/USDT", DAY1, DAY1 + 3 * 60_000)["close"].tolist() == [100.0] * 3
+
+
+def test_a_store_error_is_a_failure_and_a_runtime_error() -> None:
+    assert (StoreError.__module__, StoreError.__name__) == ("tradebeat_pipeline.store", "StoreError")
+    assert issubclass(StoreError, Failed) and issubclass(StoreError, RuntimeError)
+
+
+def drop_everything(path: Path) -> None:
+    """Another program empties the file under an open store."""
+    with sqlite3.connect(path) as other:
+        other.executescript(
+            "DROP VIEW candles; DROP TABLE gaps; DROP TABLE rollups; DROP TABLE price_data; "
+            "DROP TABLE symbols;"
+        )
+    other.close()
+
+
+def test_a_driver_error_surfaces_as_a_store_error_naming_db_path_and_the_problem(
+    store: SQLiteStore,
+) -> None:
+    drop_everything(store.path)
+    with pytest.raises(StoreError) as raised:
+        store.holes("BTC/USDT", DAY1, DAY1 + 60_000)
+    assert str(raised.value) == f"DB_PATH {store.path}: holes failed: no such table: symbols"
+    assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+
+
+ONE_ROLLUP = pd.DataFrame(
+    {
+        "timestamp": [DAY1],
+        "open": 1.0,
+        "high": 1.0,
+        "low": 1.0,
+        "close": 1.0,
+        "volume": 1.0,
+        "quote_volume": 1.0,
+        "trades": 1,
+        "minutes": 5,
+        "complete": True,
+    }
+)
+CALLS: dict[str, Callable[[CandleStore], object]] = {
+    "active_symbols": lambda s: s.active_symbols(),
+    "candle_span": lambda s: s.candle_span("BTC/USDT"),
+    "count_candles": lambda s: s.count_candles("BTC/USDT"),
+    "deactivate_symbol": lambda s: s.deactivate_symbol("BTC/USDT"),
+    "first_candles": lambda s: s.first_candles(["BTC/USDT"]),
+    "gap_report": lambda s: s.gap_report("BTC/USDT", DAY1, DAY1 + 60_000),
+    "holes": lambda s: s.holes("BTC/USDT", DAY1, DAY1 + 60_000),
+    "ingest": lambda s: s.ingest([SymbolWrite("BTC/USDT", candles(DAY1, 1))]),
+    "list_symbols": lambda s: s.list_symbols(),
+    "newest_candles": lambda s: s.newest_candles(["BTC/USDT"]),
+    "read_candles": lambda s: s.read_candles("BTC/USDT", DAY1, DAY1 + 60_000),
+    "read_rollups": lambda s: s.read_rollups("BTC/USDT", "5m", DAY1, DAY1 + 60_000),
+    "register_symbol": lambda s: s.register_symbol("ETH/USDT"),
+    "upsert_candles": lambda s: s.upsert_candles([("BTC/USDT", candles(DAY1, 1))]),
+    "upsert_rollups": lambda s: s.upsert_rollups([("BTC/USDT", "5m", ONE_ROLLUP)]),
+}
+
+
+def test_the_broken_database_cases_call_every_method_of_the_interface_but_close() -> None:
+    assert sorted(CALLS) == [n for n in INTERFACE if n != "close"]
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_every_method_reports_a_database_emptied_under_it_as_a_store_error(
+    store: SQLiteStore, name: str
+) -> None:
+    drop_everything(store.path)
+    db_path = re.escape(str(store.path))
+    with pytest.raises(StoreError, match=rf"^DB_PATH {db_path}: \w+ failed: no such table: \w+$"):
+        CALLS[name](store)

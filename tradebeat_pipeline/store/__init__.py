@@ -9,7 +9,7 @@ lives in this package.
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 import pandas as pd
 
@@ -18,7 +18,8 @@ from tradebeat_pipeline.quality import Coverage, GapReport, Hole
 
 
 class StoreError(Failed, RuntimeError):
-    """The database cannot be used as a tradebeat store (wrong file, newer schema, read-only)."""
+    """The database cannot be used as a tradebeat store (wrong file, newer schema, read-only, or the
+    driver failed): the message names DB_PATH and the problem."""
 
 
 class UnknownSymbol(LookupError):
@@ -65,24 +66,65 @@ class SymbolWrite:
 
 
 class CandleStore(Protocol):
-    """What the pipeline needs from a candle store."""
+    """What the pipeline, checks, health, CLI and rollups need from a candle store: symbols by name
+    (ids stay inside the store), candles, their holes and rollups. Every method raises `StoreError`
+    when the database fails, never the driver's own exceptions."""
 
-    def __enter__(self) -> "CandleStore": ...
-    def __exit__(self, *exc: object) -> None: ...
-    def close(self) -> None: ...
-    def register_symbol(self, symbol: str) -> int: ...
-    def deactivate_symbol(self, symbol: str) -> bool: ...
-    def list_symbols(self, *, active: bool | None = True) -> list[SymbolRow]: ...
-    def active_symbols(self) -> set[str]: ...
-    def upsert_candles(self, batches: Sequence[tuple[str, pd.DataFrame]]) -> dict[str, UpsertResult]: ...
-    def ingest(self, writes: Sequence[SymbolWrite]) -> dict[str, UpsertResult]: ...
-    def read_candles(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame: ...
-    def newest_candles(
-        self, symbols: Sequence[str], before_ms: int | None = None
-    ) -> dict[str, int | None]: ...
-    def first_candles(self, symbols: Sequence[str]) -> dict[str, int | None]: ...
-    def holes(self, symbol: str, start_ms: int, end_ms: int) -> list[Hole]: ...
-    def gap_report(self, symbol: str, start_ms: int, end_ms: int) -> GapReport: ...
+    def __enter__(self) -> Self:
+        """The store itself, closed again when the block ends."""
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the store whether or not the block failed."""
+
+    def close(self) -> None:
+        """Release the connection; the store reopens it on next use."""
+
+    def register_symbol(self, symbol: str) -> int:
+        """Add a symbol, or reactivate it keeping its data; returns the store's id for it."""
+
+    def deactivate_symbol(self, symbol: str) -> bool:
+        """Stop collecting a symbol but keep its data; False if it was never registered."""
+
+    def active_symbols(self) -> set[str]:
+        """The symbols being collected, cheaply (the heartbeat's hot path)."""
+
+    def list_symbols(self, *, active: bool | None = True) -> list[SymbolRow]:
+        """Symbols with their candle counts and span, for people; `active=None` lists all."""
+
+    def upsert_candles(
+        self, batches: Sequence[tuple[str, pd.DataFrame]], *, now_ms: int | None = None
+    ) -> dict[str, UpsertResult]:
+        """Write (symbol, candles) batches in one transaction, without recording holes."""
+
+    def ingest(self, writes: Sequence[SymbolWrite], *, now_ms: int | None = None) -> dict[str, UpsertResult]:
+        """Write candles and the holes their fetches revealed in one transaction: all or nothing."""
+
+    def read_candles(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        """Stored candles with open time in [start_ms, end_ms), oldest first."""
+
+    def newest_candles(self, symbols: Sequence[str], before_ms: int | None = None) -> dict[str, int | None]:
+        """Open time of each symbol's newest candle (before `before_ms`), None when it has none."""
+
+    def first_candles(self, symbols: Sequence[str]) -> dict[str, int | None]:
+        """Where each symbol's history begins on the exchange, None when not known yet."""
+
+    def holes(self, symbol: str, start_ms: int, end_ms: int) -> list[Hole]:
+        """Recorded holes overlapping [start_ms, end_ms), so a caller can tell why minutes are missing."""
+
+    def gap_report(self, symbol: str, start_ms: int, end_ms: int) -> GapReport:
+        """Every minute of [start_ms, end_ms) accounted for: stored, halted, or missing and why."""
+
+    def candle_span(self, symbol: str) -> tuple[int | None, int | None]:
+        """Open times of the oldest and newest stored candles, (None, None) when there are none."""
+
+    def count_candles(self, symbol: str, start_ms: int = 0, end_ms: int = 2**62) -> int:
+        """How many candles are stored with open time in [start_ms, end_ms)."""
+
+    def upsert_rollups(self, batches: Sequence[tuple[str, str, pd.DataFrame]]) -> int:
+        """Write (symbol, timeframe, buckets) batches in one transaction; returns the buckets written."""
+
+    def read_rollups(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        """Stored buckets of a timeframe with open time in [start_ms, end_ms), oldest first."""
 
 
 def open_store(db_path: Path) -> CandleStore:

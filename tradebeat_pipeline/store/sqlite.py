@@ -1,12 +1,15 @@
 """The embedded candle store: SQLite in WAL mode, one transaction per write (no Dagster inside)."""
 
+import functools
+import inspect
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -25,7 +28,14 @@ from tradebeat_pipeline.quality import (
     outside,
 )
 from tradebeat_pipeline.rollups import ROLLUP_COLUMNS, ROLLUP_TIMEFRAMES
-from tradebeat_pipeline.store import StoreError, SymbolRow, SymbolWrite, UnknownSymbol, UpsertResult
+from tradebeat_pipeline.store import (
+    CandleStore,
+    StoreError,
+    SymbolRow,
+    SymbolWrite,
+    UnknownSymbol,
+    UpsertResult,
+)
 from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc
 
 log = logging.getLogger("tradebeat.store")
@@ -144,6 +154,37 @@ _UPSERT_ROLLUP_SQL = (
 )
 
 
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
+_C = TypeVar("_C", bound=type)
+
+
+def _reported(
+    method: Callable[Concatenate["SQLiteStore", _P], _R],
+) -> Callable[Concatenate["SQLiteStore", _P], _R]:
+    """The method, with the driver's exceptions turned into a `StoreError` naming DB_PATH: callers
+    catch `StoreError` and never need to import sqlite3."""
+
+    @functools.wraps(method)
+    def reported(self: "SQLiteStore", /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"DB_PATH {self.path}: {method.__name__} failed: {exc}") from exc
+
+    return reported
+
+
+def _driver_errors_reported(cls: _C) -> _C:
+    """Wrap every public method in `_reported`, the one place the driver's exceptions stop, so a
+    method added later is covered without remembering to."""
+    for name, attr in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(attr):
+            setattr(cls, name, _reported(attr))
+    return cls
+
+
+@_driver_errors_reported
 class SQLiteStore:
     """SQLite in WAL mode: readers never block the writer, one transaction per write."""
 
@@ -159,6 +200,7 @@ class SQLiteStore:
         self.close()
 
     def close(self) -> None:
+        """Release the connection; the next use opens it again."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -247,7 +289,7 @@ class SQLiteStore:
             raise
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; taking the write lock up front avoids deadlocking upgrades."""
         conn = self.conn
         try:
@@ -274,7 +316,7 @@ class SQLiteStore:
     def register_symbol(self, symbol: str) -> int:
         """Add a symbol, or reactivate it; its stored data is kept either way."""
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO symbols (symbol, created_at, is_active) VALUES (?, ?, 1) "
                 "ON CONFLICT(symbol) DO UPDATE SET is_active = 1",
@@ -285,21 +327,19 @@ class SQLiteStore:
 
     def deactivate_symbol(self, symbol: str) -> bool:
         """Mark a symbol inactive; returns False if it was never registered."""
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             cur = conn.execute("UPDATE symbols SET is_active = 0 WHERE symbol = ?", (symbol,))
         return cur.rowcount > 0
 
-    def symbol_id(self, symbol: str) -> int:
-        row = self.conn.execute("SELECT id FROM symbols WHERE symbol = ?", (symbol,)).fetchone()
-        if row is None:
-            raise UnknownSymbol(f"symbol {symbol} is not registered; add it with `tradebeat symbols add`")
-        return int(row[0])
+    def _symbol_id(self, symbol: str) -> int:
+        return self._symbol_id_in(self.conn, symbol)
 
     def active_symbols(self) -> set[str]:
         """The active symbols, without `list_symbols`'s per-symbol candle counts (hot path)."""
         return {r[0] for r in self.conn.execute("SELECT symbol FROM symbols WHERE is_active = 1")}
 
     def list_symbols(self, *, active: bool | None = True) -> list[SymbolRow]:
+        """Symbols with their stored span and candle count; `active=None` lists all of them."""
         where = "" if active is None else "WHERE s.is_active = ?"
         params: tuple[int, ...] = () if active is None else (int(active),)
         rows = self.conn.execute(
@@ -325,7 +365,7 @@ class SQLiteStore:
         against exactly the candles stored with it, and a crash leaves neither."""
         now = now_ms if now_ms is not None else int(time.time() * 1000)
         results: dict[str, UpsertResult] = {}
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             for write in writes:
                 sid = self._symbol_id_in(conn, write.symbol)
                 if write.first_candle_ms is not None:
@@ -384,12 +424,12 @@ class SQLiteStore:
 
     def holes(self, symbol: str, start_ms: int, end_ms: int) -> list[Hole]:
         """Recorded holes overlapping [start_ms, end_ms)."""
-        return self._holes(self.conn, self.symbol_id(symbol), start_ms, end_ms)
+        return self._holes(self.conn, self._symbol_id(symbol), start_ms, end_ms)
 
     def gap_report(self, symbol: str, start_ms: int, end_ms: int) -> GapReport:
         """[start_ms, end_ms) accounted for: stored, halted, and every missing minute with its kind
         (minutes before the exchange's first candle are not expected)."""
-        sid = self.symbol_id(symbol)
+        sid = self._symbol_id(symbol)
         listed = self.conn.execute("SELECT first_candle_ms FROM symbols WHERE id = ?", (sid,)).fetchone()[0]
         start = start_ms if listed is None else max(start_ms, int(listed))
         end = max(start, end_ms)
@@ -449,7 +489,7 @@ class SQLiteStore:
 
     def read_candles(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """Candles with open time in [start_ms, end_ms), oldest first."""
-        return self._read(self.conn, self.symbol_id(symbol), start_ms, end_ms)
+        return self._read(self.conn, self._symbol_id(symbol), start_ms, end_ms)
 
     def _read(self, conn: sqlite3.Connection, sid: int, start_ms: int, end_ms: int) -> pd.DataFrame:
         rows = conn.execute(_SELECT_RANGE_SQL, (sid, start_ms, end_ms)).fetchall()
@@ -483,7 +523,7 @@ class SQLiteStore:
     def upsert_rollups(self, batches: Sequence[tuple[str, str, pd.DataFrame]]) -> int:
         """(symbol, timeframe, buckets) batches in ONE transaction; a bucket is replaced whole."""
         written = 0
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             for symbol, timeframe, frame in batches:
                 sid = self._symbol_id_in(conn, symbol)
                 n = len(frame)
@@ -497,7 +537,7 @@ class SQLiteStore:
         rows = self.conn.execute(
             f"SELECT {', '.join(ROLLUP_COLUMNS)} FROM rollups WHERE symbol_id = ? AND timeframe = ? "
             "AND timestamp >= ? AND timestamp < ? ORDER BY timestamp",
-            (self.symbol_id(symbol), timeframe, start_ms, end_ms),
+            (self._symbol_id(symbol), timeframe, start_ms, end_ms),
         ).fetchall()
         frame = pd.DataFrame.from_records(rows, columns=list(ROLLUP_COLUMNS))
         frame["complete"] = frame["complete"].astype(bool)
@@ -506,7 +546,7 @@ class SQLiteStore:
     def candle_span(self, symbol: str) -> tuple[int | None, int | None]:
         """Open times of a symbol's oldest and newest stored candles. Two queries on purpose: SQLite
         answers a lone min() or max() with one primary-key lookup, but both together with a scan."""
-        sid = self.symbol_id(symbol)
+        sid = self._symbol_id(symbol)
         first = self.conn.execute(
             "SELECT min(timestamp) FROM price_data WHERE symbol_id = ?", (sid,)
         ).fetchone()
@@ -518,9 +558,10 @@ class SQLiteStore:
         return int(first[0]), int(last[0])
 
     def count_candles(self, symbol: str, start_ms: int = 0, end_ms: int = 2**62) -> int:
+        """Stored candles with open time in [start_ms, end_ms)."""
         row = self.conn.execute(
             "SELECT count(*) FROM price_data WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ?",
-            (self.symbol_id(symbol), start_ms, end_ms),
+            (self._symbol_id(symbol), start_ms, end_ms),
         ).fetchone()
         return int(row[0])
 
@@ -543,3 +584,7 @@ def _columns(frame: pd.DataFrame) -> list[list[object]]:
 def _rows(sid: int, candles: pd.DataFrame, ingested_at: int) -> Iterator[tuple[object, ...]]:
     n = len(candles)
     return zip([sid] * n, *_columns(candles.loc[:, list(CANDLE_COLUMNS)]), [ingested_at] * n, strict=True)
+
+
+# mypy fails here as soon as SQLiteStore drifts from the interface every caller is typed against.
+_CONFORMS: type[CandleStore] = SQLiteStore
