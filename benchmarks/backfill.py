@@ -26,7 +26,7 @@ import dagster as dg
 
 from tradebeat_pipeline import cli
 from tradebeat_pipeline.exchange.binance import parse_klines
-from tradebeat_pipeline.store.sqlite import SQLiteStore
+from tradebeat_pipeline.store import open_store
 from tradebeat_pipeline.timewindows import day_window
 
 SYMBOL, MARKET_ID = "SYN/USDT", "SYNUSDT"
@@ -75,7 +75,7 @@ async def bare_loop(url: str, db: Path, start: date, end: date, share: float, we
     exchange.init_rest_rate_limiter()
     since, stop = day_window(start)[0], day_window(end)[1]
     total = 0
-    with SQLiteStore(db) as store:
+    with open_store(db) as store:
         store.register_symbol(SYMBOL)
         try:
             while since < stop:
@@ -132,7 +132,7 @@ def run_phases() -> dict[str, float]:
 
 
 def count(db: Path) -> int:
-    with SQLiteStore(db) as store:
+    with open_store(db) as store:
         return store.count_candles(SYMBOL)
 
 

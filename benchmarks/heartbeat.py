@@ -40,17 +40,10 @@ MIN = 60_000
 BACKFILL = """
 import sys
 from datetime import date
-import dagster as dg
-from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.definitions import resources
-from tradebeat_pipeline.defs.partitions import range_tags
+from tradebeat_pipeline.cli.runs import instance, materialize_history
 first, last, start, end = sys.argv[1:]
-with dg.DagsterInstance.get() as instance:
-    result = dg.materialize(
-        [ohlcv_1m], instance=instance, resources=resources(), raise_on_error=False,
-        tags={**range_tags((date.fromisoformat(start), first), (date.fromisoformat(end), last)),
-              "tradebeat/kind": "backfill"},
-    )
+with instance() as dagster:
+    result = materialize_history(dagster, [first, last], date.fromisoformat(start), date.fromisoformat(end))
 sys.exit(0 if result.success else 1)
 """
 

@@ -16,18 +16,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import dagster as dg
 
 from tradebeat_pipeline.cli import main as cli
-from tradebeat_pipeline.definitions import defs, resources
-from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.defs.partitions import KIND_TAG, beat_tags
+from tradebeat_pipeline.cli.runs import materialize_beat
+from tradebeat_pipeline.definitions import defs
+from tradebeat_pipeline.defs.partitions import KIND_TAG
 from tradebeat_pipeline.sandbox.market_data import historical_markets
 from tradebeat_pipeline.sandbox.server import CHAOS_KINDS, Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
+from tradebeat_pipeline.timewindows import utc_day
 
 JAN1 = 1_577_836_800_000
 MIN = 60_000
@@ -36,14 +36,11 @@ THREE_DAYS = ["--start", "2020-01-01", "--end", "2020-01-03"]
 
 # One heartbeat run for a symbol's 2020-01-02, in a process of its own: argv symbol, beat minute (ms).
 BEAT = (
-    "import sys, dagster as dg; from datetime import date\n"
-    "from tradebeat_pipeline.definitions import resources\n"
-    "from tradebeat_pipeline.defs.assets import ohlcv_1m\n"
-    "from tradebeat_pipeline.defs.partitions import beat_tags\n"
-    "with dg.DagsterInstance.get() as i:\n"
-    "    d = date(2020, 1, 2)\n"
-    "    r = dg.materialize([ohlcv_1m], instance=i, resources=resources(), raise_on_error=False,\n"
-    "        tags=beat_tags((d, sys.argv[1]), (d, sys.argv[1]), int(sys.argv[2])))\n"
+    "import sys; from datetime import date\n"
+    "from tradebeat_pipeline.cli.runs import instance, materialize_beat\n"
+    "d = date(2020, 1, 2)\n"
+    "with instance() as i:\n"
+    "    r = materialize_beat(i, [sys.argv[1]], d, d, int(sys.argv[2]))\n"
     "sys.exit(0 if r.success else 1)\n"
 )
 
@@ -172,14 +169,8 @@ def instance_size(home: Path) -> int:
 
 def beat(instance: dg.DagsterInstance, names: list[str], minute: int) -> None:
     """One heartbeat run over every symbol for `minute` (the fake clock), in this process."""
-    day = date.fromordinal(date(1970, 1, 1).toordinal() + minute // (1440 * MIN))
-    result = dg.materialize(
-        [ohlcv_1m],
-        instance=instance,
-        resources=resources(),
-        tags=beat_tags((day, names[0]), (day, names[-1]), minute),
-    )
-    assert result.success
+    day = utc_day(minute)
+    assert materialize_beat(instance, names, day, day, minute).success
 
 
 def storage(b: Bench, beats: int, symbols: int) -> None:

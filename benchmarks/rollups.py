@@ -25,7 +25,7 @@ import pandas as pd
 from tradebeat_pipeline.candles import CANDLE_COLUMNS
 from tradebeat_pipeline.chart import SymbolChart, build_figure, write_page
 from tradebeat_pipeline.rollups import ROLLUP_TIMEFRAMES, export_parquet, rollup
-from tradebeat_pipeline.store.sqlite import SQLiteStore
+from tradebeat_pipeline.store import open_store
 from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS
 
 YEAR_START = 1_672_531_200_000  # 2023-01-01T00:00Z
@@ -82,7 +82,7 @@ def recorded() -> pd.DataFrame:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         year = synthetic(YEAR, YEAR_START)
-        with SQLiteStore(Path(tmp) / "bench.sqlite") as store:
+        with open_store(Path(tmp) / "bench.sqlite") as store:
             store.register_symbol("BTC/USDT")
             t0 = time.perf_counter()
             store.upsert_candles([("BTC/USDT", year)])

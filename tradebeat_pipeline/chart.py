@@ -6,6 +6,7 @@ selector. Explained holes (the exchange has no candles) are shaded; a line never
 plotly.js is written once beside the page, so it opens offline and the page itself stays small.
 """
 
+import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,3 +118,29 @@ def write_page(fig: "go.Figure", path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(path, include_plotlyjs="directory", full_html=True)
     return path.stat().st_size
+
+
+def screenshot(
+    page: Path, png: Path, *, chromium: str, profile_dir: Path, size: tuple[int, int] = (1400, 2200)
+) -> None:
+    """Render the page in headless Chromium to a PNG (the flags keep it off the network: without them
+    it tries to reach Google's hosts at every start)."""
+    subprocess.run(  # noqa: S603 (our own argv)
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={profile_dir}",
+            f"--window-size={size[0]},{size[1]}",
+            "--virtual-time-budget=5000",
+            f"--screenshot={png}",
+            page.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )

@@ -30,6 +30,7 @@ from tradebeat_pipeline.timewindows import (
     last_closed_minute,
     span,
 )
+from tradebeat_pipeline.timewindows import now_ms as current_ms
 
 backfill_log = logging.getLogger("tradebeat.backfill")
 beat_log = logging.getLogger("tradebeat.heartbeat")
@@ -166,13 +167,14 @@ class Batch:
 
 
 def write(store: CandleStore, batch: Batch, *, now_ms: int) -> WriteReport:
-    """Store a batch in one transaction, then account for the closed minutes of its windows once: the
-    report the checks and the metadata share."""
-    upserts = store.ingest(batch.writes())
+    """Store a batch in one transaction (its rows ingested at `now_ms`), then account for the closed
+    minutes of its windows once: the report the checks and the metadata share."""
+    upserts = store.ingest(batch.writes(), now_ms=now_ms)
+    committed_ms = current_ms()
     windows = batch.windows()
     gaps = {s: [store.gap_report(s, a, b) for a, b in w] for s, w in windows.items()}
     newest = {s: store.newest_candles([s], before_ms=w[-1][1])[s] if w else None for s, w in windows.items()}
-    report = WriteReport(upserts, gaps, newest, now_ms)
+    report = WriteReport(upserts, gaps, newest, committed_ms)
     batch.report = report
     return report
 

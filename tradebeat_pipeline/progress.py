@@ -9,7 +9,10 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 class Listener(Protocol):
@@ -83,14 +86,14 @@ class _Bar:
         from rich.progress import Progress
 
         self.progress = Progress(console=Console(file=out), transient=True)
-        self.task: int | None = None
+        self.task: TaskID | None = None
 
     def started(self, what: str, total: int) -> None:
         if self.task is None:
             self.progress.start()
         else:
-            self.progress.remove_task(self.task)  # type: ignore[arg-type]
-        self.task = self.progress.add_task(what, total=total)  # type: ignore[assignment]
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(what, total=total)
 
     def advanced(self, done: int) -> None:
         if self.task is not None:

@@ -8,18 +8,26 @@ import gzip
 import hashlib
 import shutil
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
+from typing import Any, TypeVar
 
 import dagster as dg
 import pytest
 
 from tradebeat_pipeline import logs
+from tradebeat_pipeline.candles import CANDLE_COLUMNS
+from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.sandbox.market_data import historical_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
+
+T = TypeVar("T")
+# Every column of a stored candle, in the contract's order.
+CANDLE_VALUES = ", ".join(CANDLE_COLUMNS)
 
 
 def ms(text: str) -> int:
@@ -72,6 +80,52 @@ def env(tmp_path: Path, sandbox_server: SandboxServer, monkeypatch: pytest.Monke
 def instance(env: Path) -> Iterator[dg.DagsterInstance]:
     with dg.DagsterInstance.get() as inst:
         yield inst
+
+
+@pytest.fixture
+def btc(env: Path, sandbox: Sandbox) -> Path:
+    """BTC/USDT registered (store and partition); returns DB_PATH."""
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    return env
+
+
+def stored_rows(
+    db_path: Path,
+    symbol: str | None = "BTC/USDT",
+    columns: str = CANDLE_VALUES,
+    *,
+    start: int = 0,
+    end: int = 2**62,
+) -> list[tuple[Any, ...]]:
+    """Stored candles (of one symbol, or all when None) with open time in [start, end), oldest
+    first, read with plain SQL: the test's own view of the file, independent of the store's code."""
+    where = "timestamp >= ? AND timestamp < ?" + ("" if symbol is None else " AND symbol = ?")
+    params: tuple[Any, ...] = (start, end) if symbol is None else (start, end, symbol)
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute(
+            f"SELECT {columns} FROM price_data JOIN symbols ON symbols.id = symbol_id "
+            f"WHERE {where} ORDER BY symbol, timestamp",
+            params,
+        ).fetchall()
+    conn.close()
+    return rows
+
+
+def stored_times(db_path: Path, symbol: str = "BTC/USDT") -> list[int]:
+    """Open times of a symbol's stored candles, oldest first."""
+    return [r[0] for r in stored_rows(db_path, symbol, "timestamp")]
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout_s: float = 120, poll_s: float = 0.05) -> T:
+    """Poll the system for a condition until it holds (synchronisation, not a sleep standing in for it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(poll_s)
 
 
 def archive_rows(name: str) -> list[list[str]]:

@@ -2,9 +2,11 @@
 
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 
 import dagster as dg
+import pytest
+import time_machine
 
 from tradebeat_pipeline.definitions import defs
 from tradebeat_pipeline.defs.partitions import candle_partitions, daily_partitions, symbols_partitions
@@ -36,9 +38,10 @@ def test_candles_are_partitioned_by_utc_day_and_dynamic_symbol() -> None:
     assert daily_partitions.get_first_partition_key() == "2017-07-14"
 
 
-def test_today_is_a_partition_too() -> None:
-    today = datetime.now(UTC).date().isoformat()
-    assert daily_partitions.get_last_partition_key() == today
+@pytest.mark.parametrize("instant", ["2026-03-01T00:00:00Z", "2026-03-01T23:59:59.999Z"])
+def test_today_is_a_partition_too(instant: str) -> None:
+    with time_machine.travel(datetime.fromisoformat(instant.replace("Z", "+00:00")), tick=False):
+        assert daily_partitions.get_last_partition_key() == "2026-03-01"
 
 
 def test_history_backfills_run_as_one_run_per_range() -> None:

@@ -8,23 +8,23 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
 import pytest
+import time_machine
 
-from tradebeat_pipeline import health
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.sandbox.market_data import DAY_MS, ReplayedSeries, replay_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
+from tradebeat_pipeline_tests.conftest import stored_rows, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -79,25 +79,8 @@ class LiveSystem:
             return [r.dagster_run for r in instance.get_run_records(filters=filters)]
 
     def rows(self, symbol: str) -> dict[int, tuple[float, ...]]:
-        with sqlite3.connect(self.db) as conn:
-            found = conn.execute(
-                "SELECT timestamp, open, high, low, close, volume, ingested_at FROM price_data "
-                "JOIN symbols ON symbols.id = symbol_id WHERE symbol = ?",
-                (symbol,),
-            ).fetchall()
-        conn.close()
+        found = stored_rows(self.db, symbol, "timestamp, open, high, low, close, volume, ingested_at")
         return {r[0]: tuple(r[1:]) for r in found}
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout_s: float) -> T:
-    """Poll a condition of the running system (not a sleep standing in for it)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 def at_least(count: int, runs: list[dg.DagsterRun]) -> list[dg.DagsterRun] | None:
@@ -150,6 +133,7 @@ def test_every_beat_is_one_run_that_stores_each_closed_minute_with_final_values(
         "two successful heartbeat runs",
         lambda: at_least(2, live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS)),
         timeout_s=300,
+        poll_s=1,
     )
     with dg.DagsterInstance.get() as instance:
         every_beat = [
@@ -180,6 +164,7 @@ def test_symbols_added_together_get_their_history_in_one_automatic_backfill_run(
         "the onboarding backfill",
         lambda: live.runs("backfill", dg.DagsterRunStatus.SUCCESS),
         timeout_s=180,
+        poll_s=1,
     )
     assert run.tags["dagster/asset_partition_range_start"].endswith("|BTC/USDT")
     assert run.tags["dagster/asset_partition_range_end"].endswith("|SOL/USDT")
@@ -188,13 +173,11 @@ def test_symbols_added_together_get_their_history_in_one_automatic_backfill_run(
         assert any(t < history_start for t in live.rows(symbol)), f"{symbol} got no history"
 
 
-def status_at(
-    at_s: float, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, Any]:
-    """`tradebeat status --json` judged at the instant `at_s` (only its clock is moved)."""
-    monkeypatch.setattr(health, "clock", lambda: at_s)
+def status_at(at_s: float, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
+    """`tradebeat status --json` judged at the instant `at_s` (only this process's clock is moved)."""
     capsys.readouterr()
-    code = main(["status", "--json"])
+    with time_machine.travel(at_s, tick=False):
+        code = main(["status", "--json"])
     return code, json.loads(capsys.readouterr().out)
 
 
@@ -208,10 +191,10 @@ def recent_beat(live: LiveSystem) -> list[dg.DagsterRun] | None:
 
 
 def test_status_is_healthy_while_the_daemon_beats(
-    live: LiveSystem, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    live: LiveSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    wait_for("a recent successful beat", lambda: recent_beat(live), timeout_s=300)
-    code, report = status_at(time.time(), monkeypatch, capsys)
+    wait_for("a recent successful beat", lambda: recent_beat(live), timeout_s=300, poll_s=1)
+    code, report = status_at(time.time(), capsys)
     assert (code, report["status"], report["reasons"]) == (0, "healthy", [])
     assert report["daemon"]["alive"]
     assert [s["symbol"] for s in report["symbols"]] == sorted(SYMBOLS)
@@ -219,27 +202,29 @@ def test_status_is_healthy_while_the_daemon_beats(
 
 
 def test_status_is_degraded_when_symbols_fall_behind_the_freshness_limit(
-    live: LiveSystem, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    live: LiveSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    wait_for("a recent successful beat", lambda: recent_beat(live), timeout_s=300)
+    wait_for("a recent successful beat", lambda: recent_beat(live), timeout_s=300, poll_s=1)
     # 210 s later with no new candle: at least 3 minutes behind whatever second of the minute it is,
     # while the daemon's heartbeat and the last beat are still under 5 minutes old.
-    code, report = status_at(time.time() + 210, monkeypatch, capsys)
+    code, report = status_at(time.time() + 210, capsys)
     assert (code, report["status"]) == (1, "degraded")
     assert all("min behind (limit 2)" in reason for reason in report["reasons"])
 
 
 def test_status_is_down_when_no_beat_ran_for_five_minutes(
-    live: LiveSystem, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    live: LiveSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    wait_for("a recent successful beat", lambda: recent_beat(live), timeout_s=300)
-    code, report = status_at(time.time() + 420, monkeypatch, capsys)
+    wait_for("a recent successful beat", lambda: recent_beat(live), timeout_s=300, poll_s=1)
+    code, report = status_at(time.time() + 420, capsys)
     assert (code, report["status"]) == (2, "down")
     assert any("no heartbeat run for" in reason for reason in report["reasons"])
 
 
 def test_minutes_missed_while_the_daemon_was_down_are_filled_by_the_next_beat(live: LiveSystem) -> None:
-    wait_for("a first beat", lambda: live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS), timeout_s=300)
+    wait_for(
+        "a first beat", lambda: live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS), timeout_s=300, poll_s=1
+    )
     live.stop_daemon()
     stopped_at = int(time.time() * 1000)
     down_until = stopped_at - stopped_at % MIN + 3 * MIN  # three minute boundaries pass while down
@@ -255,6 +240,7 @@ def test_minutes_missed_while_the_daemon_was_down_are_filled_by_the_next_beat(li
             if int(r.tags["tradebeat/beat_minute"]) >= down_until
         ],
         timeout_s=300,
+        poll_s=1,
     )
     for symbol in SYMBOLS:
         stored = set(live.rows(symbol))

@@ -196,3 +196,8 @@ def test_flat_zero_volume_minutes_are_valid_and_reported_as_halted_runs() -> Non
     assert report.passed
     assert report.halted == [(T0, T0 + M), (T0 + 3 * M, T0 + 3 * M)]
     assert report.halted_minutes == 3
+
+
+def test_missing_runs_counts_only_minutes_inside_the_window() -> None:
+    ts = pd.Series([0, 60_000, 180_000, 600_000]).to_numpy()
+    assert missing_runs(ts, 0, 240_000) == [(120_000, 120_000)]  # one minute missing

@@ -7,8 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -16,15 +14,11 @@ import pytest
 
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.sandbox.server import Sandbox
-from tradebeat_pipeline_tests.conftest import archive_rows, ms
+from tradebeat_pipeline_tests.conftest import archive_rows, ms, stored_rows, wait_for
+
+SIX = "timestamp, open, high, low, close, volume"
 
 THREE_DAYS = ["--start", "2020-01-01", "--end", "2020-01-03"]
-
-
-@pytest.fixture
-def btc(env: Path, sandbox: Sandbox) -> Path:
-    assert main(["symbols", "add", "BTC/USDT"]) == 0
-    return env
 
 
 def archive() -> list[tuple[int, float, float, float, float, float]]:
@@ -34,25 +28,6 @@ def archive() -> list[tuple[int, float, float, float, float, float]]:
     ]
 
 
-def stored(db: Path) -> list[tuple[int, float, float, float, float, float]]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT timestamp, open, high, low, close, volume FROM price_data ORDER BY timestamp"
-        )
-        found = [tuple(r) for r in rows]
-    conn.close()
-    return found
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 120) -> None:
-    """Poll the system for a condition (synchronisation, not a sleep standing in for it)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_a_backfill_through_ten_percent_faulted_requests_stores_every_candle_exactly_once(
     btc: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -60,7 +35,9 @@ def test_a_backfill_through_ten_percent_faulted_requests_stores_every_candle_exa
     sandbox.slow_s = 1.5
     sandbox.chaos(0.10, seed=45)
     assert main(["backfill", "BTC/USDT", *THREE_DAYS]) == 0
-    assert stored(btc) == archive()  # 4,320 candles, identical values, each once (primary key)
+    assert (
+        stored_rows(btc, columns=SIX) == archive()
+    )  # 4,320 candles, identical values, each once (primary key)
     assert sum(sandbox.faulted.values()) >= 1
 
 
@@ -73,7 +50,7 @@ def test_retry_after_is_honoured_and_a_418_stops_every_request_until_the_ban_end
     later = [t - banned_at for t, _ in sandbox.klines_log if t - banned_at > 0.2]  # not already in flight
     assert later, "no request after the ban"
     assert min(later) >= 2.0  # Retry-After: 2, for every request of the client
-    assert len(stored(btc)) == 4320
+    assert len(stored_rows(btc, columns=SIX)) == 4320
 
 
 def test_a_backfill_killed_mid_way_leaves_nothing_half_done_and_a_rerun_stores_each_candle_once(
@@ -92,30 +69,24 @@ def test_a_backfill_killed_mid_way_leaves_nothing_half_done_and_a_rerun_stores_e
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
 
-    assert stored(btc) == []  # one transaction per write: nothing of the killed run is stored
+    assert (
+        stored_rows(btc, columns=SIX) == []
+    )  # one transaction per write: nothing of the killed run is stored
     assert instance.get_materialized_partitions(dg.AssetKey("ohlcv_1m")) == set()  # and none looks done
     sandbox.reset()
     assert main(["backfill", "BTC/USDT", *THREE_DAYS]) == 0
-    assert stored(btc) == archive()
+    assert stored_rows(btc, columns=SIX) == archive()
     assert len(instance.get_materialized_partitions(dg.AssetKey("ohlcv_1m"))) == 3
 
 
+# One heartbeat run for BTC/USDT's 2020-01-02 in a process of its own; argv: the beat minute (ms).
 HEARTBEAT = """
 import sys
-import dagster as dg
-from tradebeat_pipeline.definitions import resources
-from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.defs.partitions import beat_tags
 from datetime import date
-with dg.DagsterInstance.get() as instance:
-    day = date(2020, 1, 2)
-    result = dg.materialize(
-        [ohlcv_1m],
-        instance=instance,
-        resources=resources(),
-        tags=beat_tags((day, "BTC/USDT"), (day, "BTC/USDT"), int(sys.argv[1])),
-        raise_on_error=False,
-    )
+from tradebeat_pipeline.cli.runs import instance, materialize_beat
+day = date(2020, 1, 2)
+with instance() as dagster:
+    result = materialize_beat(dagster, ["BTC/USDT"], day, day, int(sys.argv[1]))
 sys.exit(0 if result.success else 1)
 """
 
@@ -123,15 +94,32 @@ sys.exit(0 if result.success else 1)
 def test_a_heartbeat_and_a_backfill_writing_the_same_day_at_once_lose_nothing_and_never_lock(
     btc: Path, sandbox: Sandbox
 ) -> None:
-    env = os.environ.copy()
-    writers = [
-        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for argv in (
-            [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *THREE_DAYS],
-            [sys.executable, "-c", HEARTBEAT, str(ms("2020-01-02T23:59:00Z"))],
+    logs = btc.parent / "logs"
+    held = sqlite3.connect(btc, isolation_level=None)
+    held.execute("BEGIN IMMEDIATE")  # the write lock: both writers must queue behind it, together
+    try:
+        writers = [
+            subprocess.Popen(
+                argv, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            for argv in (
+                [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *THREE_DAYS],
+                [sys.executable, "-c", HEARTBEAT, str(ms("2020-01-02T23:59:00Z"))],
+            )
+        ]
+        wait_for(
+            "both writers to reach their write while the lock is held",
+            lambda: all(
+                (logs / f"{component}.log").is_file() and "storing" in (logs / f"{component}.log").read_text()
+                for component in ("backfill", "heartbeat")
+            ),
+            timeout_s=300,
         )
-    ]
+        assert [w.poll() for w in writers] == [None, None]  # both still waiting for the lock
+    finally:
+        held.execute("ROLLBACK")
+        held.close()
     outputs = [w.communicate(timeout=300)[0] for w in writers]
     assert [w.returncode for w in writers] == [0, 0], outputs
     assert not any("locked" in out for out in outputs)
-    assert stored(btc) == archive()
+    assert stored_rows(btc, columns=SIX) == archive()

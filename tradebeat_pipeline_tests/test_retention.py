@@ -7,9 +7,10 @@ import dagster as dg
 import pytest
 
 from tradebeat_pipeline.cli import main
-from tradebeat_pipeline.definitions import defs, resources
+from tradebeat_pipeline.cli.runs import materialize_beat
+from tradebeat_pipeline.definitions import defs
 from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.defs.partitions import KIND_TAG, beat_tags
+from tradebeat_pipeline.defs.partitions import KIND_TAG
 from tradebeat_pipeline.retention import BeatRunInfo, runs_to_delete
 from tradebeat_pipeline.sandbox.server import Sandbox
 from tradebeat_pipeline_tests.conftest import ms
@@ -40,12 +41,7 @@ def test_beats_younger_than_the_retention_age_are_kept() -> None:
 
 
 def run_beat(instance: dg.DagsterInstance, minute: str, first: date, last: date) -> str:
-    result = dg.materialize(
-        [ohlcv_1m],
-        instance=instance,
-        resources=resources(),
-        tags=beat_tags((first, "BTC/USDT"), (last, "BTC/USDT"), ms(minute)),
-    )
+    result = materialize_beat(instance, ["BTC/USDT"], first, last, ms(minute))
     assert result.success
     return result.run_id
 

@@ -1,8 +1,17 @@
-"""Symbol lifecycle decisions: what the sensor validates, retires, and how much history it loads."""
+"""Symbols: the spelling tradebeat accepts, and the lifecycle decisions of the symbols sensor."""
 
 from datetime import date
 
-from tradebeat_pipeline.symbols import SymbolsCursor, history_days, onboarding_runs, plan_symbols
+import pytest
+
+from tradebeat_pipeline.symbols import (
+    SymbolError,
+    SymbolsCursor,
+    history_days,
+    normalize_symbol,
+    onboarding_runs,
+    plan_symbols,
+)
 from tradebeat_pipeline_tests.conftest import ms
 
 
@@ -35,3 +44,38 @@ def test_symbols_onboarded_together_share_one_run_unless_their_days_or_neighbour
         (["C/USDT"], date(2020, 1, 9)),
         (["D/USDT", "E/USDT"], date(2020, 1, 3)),
     ]
+
+
+@pytest.mark.parametrize("raw", ["btc/usdt", " BTC/USDT ", "Btc/Usdt\n"])
+def test_symbols_are_normalised_to_upper_case_without_whitespace(raw: str) -> None:
+    assert normalize_symbol(raw) == "BTC/USDT"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "BTCUSDT",
+        "BTC/USDT|X",
+        "",
+        "   ",
+        "A" * 200,
+        "BTC/USDT'; DROP TABLE symbols;--",
+        "BTC/USDT:USDT",
+        "BTC//USDT",
+        "/USDT",
+        "BTC/",
+        "BTC-USDT",
+        "BTC/USDT/ETH",
+        "ＢTC/USDT",
+        "../../etc/passwd",
+        "BTC/USDT\x00",
+    ],
+)
+def test_anything_but_a_spot_symbol_is_refused_with_the_expected_form(raw: str) -> None:
+    with pytest.raises(SymbolError, match="BASE/QUOTE such as BTC/USDT"):
+        normalize_symbol(raw)
+
+
+def test_derivatives_symbols_are_refused_saying_why() -> None:
+    with pytest.raises(SymbolError, match="derivatives"):
+        normalize_symbol("BTC/USDT:USDT")

@@ -8,10 +8,9 @@ import pandas as pd
 
 from tradebeat_pipeline import progress
 from tradebeat_pipeline.candles import empty_candles
-from tradebeat_pipeline.errors import Refused
 from tradebeat_pipeline.rollups import export_parquet, rollup
 from tradebeat_pipeline.settings import Settings
-from tradebeat_pipeline.store import UnknownSymbol, open_store
+from tradebeat_pipeline.store import open_store
 from tradebeat_pipeline.timewindows import DAY_MS, day_window, last_closed_minute
 
 # Candles are read a month at a time, so the progress bar moves on a long range.
@@ -27,12 +26,9 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
     frames = []
     with open_store(settings.db_path) as store, progress.shown():
         progress.begin(f"{symbol}: reading candles", total=len(chunks))
-        try:
-            for a, b in chunks:
-                frames.append(store.read_candles(symbol, a, b))
-                progress.advance(1)
-        except UnknownSymbol as exc:
-            raise Refused(str(exc)) from None
+        for a, b in chunks:  # an unknown symbol is refused (UnknownSymbol is a Refused)
+            frames.append(store.read_candles(symbol, a, b))
+            progress.advance(1)
     candles = pd.concat(frames, ignore_index=True) if frames else empty_candles()
     frame = candles if args.timeframe == "1m" else rollup(candles, args.timeframe, *window)
     size = export_parquet(frame, args.out)

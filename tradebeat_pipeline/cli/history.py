@@ -13,7 +13,7 @@ from tradebeat_pipeline import progress
 from tradebeat_pipeline.errors import Refused
 from tradebeat_pipeline.quality import UNEXPLAINED, GapReport
 from tradebeat_pipeline.settings import Settings
-from tradebeat_pipeline.store import CandleStore, UnknownSymbol, open_store
+from tradebeat_pipeline.store import CandleStore, open_store
 from tradebeat_pipeline.timewindows import day_window, iso_utc, last_closed_minute, utc_day
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -142,11 +142,8 @@ def gaps(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def gap_report(store: CandleStore, symbol: str, start: date, end: date) -> GapReport:
-    """The closed minutes of days start..end accounted for."""
-    try:
-        return store.gap_report(symbol, day_window(start)[0], min(day_window(end)[1], last_closed_minute()))
-    except UnknownSymbol as exc:
-        raise Refused(str(exc)) from None
+    """The closed minutes of days start..end accounted for (an unknown symbol is refused)."""
+    return store.gap_report(symbol, day_window(start)[0], min(day_window(end)[1], last_closed_minute()))
 
 
 def _print_gaps(report: GapReport, start: date, end: date) -> None:

@@ -19,6 +19,7 @@ from tradebeat_pipeline.ingest import Batch, write
 from tradebeat_pipeline.timewindows import MINUTE_MS, day_windows, iso_utc, now_ms
 
 beat_log = logging.getLogger("tradebeat.heartbeat")
+backfill_log = logging.getLogger("tradebeat.backfill")
 
 
 class CandleIOManager(dg.ConfigurableIOManager):
@@ -33,6 +34,9 @@ class CandleIOManager(dg.ConfigurableIOManager):
         requested = days_by_symbol(context.asset_partition_keys)
         if set(obj.requested) - set(requested):
             raise ValueError(f"a batch for symbols outside this run's partitions: {sorted(obj.requested)}")
+        (beat_log if obj.beat_minute is not None else backfill_log).info(
+            "storing %d candles of %d symbols in one transaction", len(obj.candles), len(obj.results)
+        )
         with self.store.open() as store:
             report = write(store, obj, now_ms=now_ms())
         context.add_output_metadata(RunMetadata.of(obj, report, partitions=len(requested)).as_dict())

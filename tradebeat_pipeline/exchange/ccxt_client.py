@@ -4,15 +4,18 @@ swapping the API host. Importing this module imports ccxt, so only code that ope
 """
 
 import asyncio
+import importlib.machinery
+import importlib.util
 import logging
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import ccxt.async_support as ccxt
 import numpy as np
 import pandas as pd
 
@@ -31,6 +34,56 @@ from tradebeat_pipeline.quality import Coverage
 from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc
 
 log = logging.getLogger("tradebeat.exchange")
+
+
+def _ccxt_with_binance_only() -> ModuleType:
+    """`ccxt.async_support` holding Binance alone. The package's `__init__` imports every one of its
+    ~110 exchanges, sync and async (~1 s of CPU with bytecode caches, 8 s without), and every run
+    and command that talks to the exchange would pay it. So, unless ccxt is already imported, the two
+    package modules are created without running their `__init__`, given the names ccxt's own modules
+    import from them (its errors and base classes), and only `async_support.binance` is loaded. The
+    ccxt version is pinned; `tradebeat_pipeline_tests/exchange` exercises this client end to end."""
+    loaded: ModuleType | None = sys.modules.get("ccxt.async_support")
+    if loaded is not None:
+        return loaded
+    if "ccxt" in sys.modules:  # the full package is loaded already: use it
+        import ccxt.async_support
+
+        full: ModuleType = ccxt.async_support
+        return full
+
+    def hollow(name: str, path: list[str] | None) -> ModuleType:
+        spec = importlib.machinery.PathFinder.find_spec(name.rpartition(".")[2], path)
+        if spec is None:
+            raise ImportError(f"ccxt is not installed ({name} not found)")
+        spec.name = name
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        return module
+
+    package = hollow("ccxt", None)
+    from ccxt.base import errors
+    from ccxt.base.exchange import Exchange as SyncExchange
+    from ccxt.base.precise import Precise
+
+    error_types = {
+        name: value
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, Exception)
+    }
+    version = sys.modules["ccxt.base.exchange"].__version__
+    vars(package).update(
+        error_types, Exchange=SyncExchange, Precise=Precise, errors=errors, __version__=version
+    )
+    async_package = hollow("ccxt.async_support", list(package.__path__))
+    vars(async_package).update(error_types, __version__=version)
+    from ccxt.async_support.binance import binance
+
+    async_package.binance = binance  # type: ignore[attr-defined]
+    return async_package
+
+
+ccxt = _ccxt_with_binance_only()
 
 PAGE_LIMIT = 1000
 # Times an empty page is asked again before its minutes are taken as missing (then: pending holes).
@@ -52,7 +105,7 @@ class _Chunk:
     failed: tuple[int, int, str] | None = None
 
 
-class _Binance(ccxt.binance):  # type: ignore[misc]  # ccxt ships no type stubs
+class _Binance(ccxt.binance):  # type: ignore[misc,name-defined]  # ccxt ships no type stubs
     """ccxt's binance, throttled by the budget shared across processes instead of its own
     per-process limiter, with the failing answer's Retry-After attached to the exception."""
 

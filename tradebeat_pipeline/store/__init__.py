@@ -13,7 +13,7 @@ from typing import Protocol, Self
 
 import pandas as pd
 
-from tradebeat_pipeline.errors import Failed
+from tradebeat_pipeline.errors import Failed, Refused
 from tradebeat_pipeline.quality import Coverage, GapReport, Hole
 
 
@@ -22,7 +22,7 @@ class StoreError(Failed, RuntimeError):
     driver failed): the message names DB_PATH and the problem."""
 
 
-class UnknownSymbol(LookupError):
+class UnknownSymbol(Refused, LookupError):
     """A symbol that was never registered in the store."""
 
 

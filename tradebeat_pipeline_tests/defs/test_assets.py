@@ -3,17 +3,16 @@
 import re
 import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from tradebeat_pipeline.chart import screenshot
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.definitions import resources
 from tradebeat_pipeline.defs.assets import price_chart
 from tradebeat_pipeline.sandbox.server import Sandbox
-from tradebeat_pipeline.settings import PROJECT_DIR
 from tradebeat_pipeline_tests.conftest import ms
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
@@ -76,26 +75,5 @@ def test_the_chart_page_renders_in_headless_chromium(outage_day: Path, instance:
         pytest.skip("Debian's chromium is not installed (`.ci/run` installs it: apt-get install chromium)")
     page, _ = chart(instance)
     png = outage_day.parent / "chart.png"
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            f"--user-data-dir={outage_day.parent / 'chromium'}",
-            "--window-size=1400,2200",
-            "--virtual-time-budget=5000",
-            f"--screenshot={png}",
-            page.resolve().as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    screenshot(page, png, chromium=chromium, profile_dir=outage_day.parent / "chromium")
     assert png.stat().st_size > 50_000  # a drawn chart, not a blank page
-    docs = PROJECT_DIR / "docs" / "chart.png"
-    if docs.parent.is_dir():
-        shutil.copy(png, docs)  # the README's picture is the one this test just rendered

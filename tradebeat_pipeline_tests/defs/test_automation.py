@@ -15,8 +15,8 @@ from tradebeat_pipeline.defs.automation import heartbeat, symbols_sensor
 from tradebeat_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
 from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
-from tradebeat_pipeline.store.sqlite import SQLiteStore
-from tradebeat_pipeline_tests.conftest import database_checksum, ms
+from tradebeat_pipeline.store import open_store
+from tradebeat_pipeline_tests.conftest import database_checksum, ms, stored_times
 
 MIN = 60_000
 
@@ -38,20 +38,6 @@ def run_beat(instance: dg.DagsterInstance, sandbox: Sandbox, minute: str) -> dg.
     request = beat_request(instance, minute)
     job = defs.resolve_job_def("candles_job")
     return job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False)
-
-
-def stored_times(db: Path, symbol: str = "BTC/USDT") -> list[int]:
-    with sqlite3.connect(db) as conn:
-        rows = [
-            r[0]
-            for r in conn.execute(
-                "SELECT timestamp FROM price_data JOIN symbols ON symbols.id = symbol_id "
-                "WHERE symbol = ? ORDER BY timestamp",
-                (symbol,),
-            )
-        ]
-    conn.close()
-    return rows
 
 
 @pytest.mark.parametrize("count", [1, 10, 100])
@@ -176,7 +162,7 @@ def deleted(result: dg.SensorResult) -> list[str]:
 
 
 def active_symbols(db: Path) -> list[tuple[str, int]]:
-    with SQLiteStore(db) as store:
+    with open_store(db) as store:
         return [(row.symbol, int(row.is_active)) for row in store.list_symbols(active=None)]
 
 

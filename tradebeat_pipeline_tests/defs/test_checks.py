@@ -13,7 +13,7 @@ from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.defs.assets import ohlcv_1m
 from tradebeat_pipeline.quality import CONFIRM_AFTER_MS
 from tradebeat_pipeline.sandbox.server import Sandbox
-from tradebeat_pipeline_tests.conftest import archive_rows, ms
+from tradebeat_pipeline_tests.conftest import archive_rows, ms, stored_rows
 
 DAY = ["--start", "2023-03-24", "--end", "2023-03-24"]
 OUTAGE_HOLE = {
@@ -22,12 +22,6 @@ OUTAGE_HOLE = {
     "minutes": 80,
     "kind": "exchange",
 }
-
-
-@pytest.fixture
-def btc(env: Path, sandbox: Sandbox) -> Path:
-    assert main(["symbols", "add", "BTC/USDT"]) == 0
-    return env
 
 
 def checks(instance: dg.DagsterInstance) -> dict[str, Any]:
@@ -46,17 +40,6 @@ def gaps_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict
     return code, json.loads(lines[0])
 
 
-def stored_day(db: Path) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT timestamp, open, high, low, close, volume FROM price_data "
-            "WHERE timestamp >= ? AND timestamp < ? ORDER BY timestamp",
-            (ms("2023-03-24T00:00:00Z"), ms("2023-03-25T00:00:00Z")),
-        ).fetchall()
-    conn.close()
-    return rows
-
-
 def test_the_three_checks_are_declared_on_the_candle_asset() -> None:
     names = {spec.name for spec in ohlcv_1m.check_specs}
     assert names == {"ohlc_valid", "gaps_explained", "fresh"}
@@ -66,7 +49,12 @@ def test_the_outage_day_keeps_its_halted_candles_and_explains_its_80_minute_hole
     btc: Path, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["backfill", "BTC/USDT", *DAY]) == 0
-    rows = stored_day(btc)
+    rows = stored_rows(
+        btc,
+        columns="timestamp, open, high, low, close, volume",
+        start=ms("2023-03-24T00:00:00Z"),
+        end=ms("2023-03-25T00:00:00Z"),
+    )
     assert len(rows) == 1360
     recorded = {
         int(r[0]): (float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]))

@@ -1,14 +1,8 @@
-"""The column contract's pure functions: symbols, kline parsing, day windows."""
+"""Binance's wire format: a klines answer onto the candle contract, a malformed one refused whole."""
 
-from datetime import date
-
-import pandas as pd
 import pytest
 
 from tradebeat_pipeline.exchange.binance import MalformedAnswer, parse_klines
-from tradebeat_pipeline.quality import missing_runs
-from tradebeat_pipeline.symbols import SymbolError, normalize_symbol
-from tradebeat_pipeline.timewindows import contiguous_day_runs, day_window
 
 KLINE = [
     1577836800000,
@@ -24,41 +18,6 @@ KLINE = [
     "140888.41428273",
     "0",
 ]
-
-
-@pytest.mark.parametrize("raw", ["btc/usdt", " BTC/USDT ", "Btc/Usdt\n"])
-def test_symbols_are_normalised_to_upper_case_without_whitespace(raw: str) -> None:
-    assert normalize_symbol(raw) == "BTC/USDT"
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        "BTCUSDT",
-        "BTC/USDT|X",
-        "",
-        "   ",
-        "A" * 200,
-        "BTC/USDT'; DROP TABLE symbols;--",
-        "BTC/USDT:USDT",
-        "BTC//USDT",
-        "/USDT",
-        "BTC/",
-        "BTC-USDT",
-        "BTC/USDT/ETH",
-        "ＢTC/USDT",
-        "../../etc/passwd",
-        "BTC/USDT\x00",
-    ],
-)
-def test_anything_but_a_spot_symbol_is_refused_with_the_expected_form(raw: str) -> None:
-    with pytest.raises(SymbolError, match="BASE/QUOTE such as BTC/USDT"):
-        normalize_symbol(raw)
-
-
-def test_derivatives_symbols_are_refused_saying_why() -> None:
-    with pytest.raises(SymbolError, match="derivatives"):
-        normalize_symbol("BTC/USDT:USDT")
 
 
 def test_a_kline_row_maps_onto_every_contract_column() -> None:
@@ -101,20 +60,3 @@ def test_volumes_a_source_lacks_stay_missing_instead_of_invented() -> None:
 def test_a_malformed_answer_is_refused_naming_the_problem(answer: object, problem: str) -> None:
     with pytest.raises(MalformedAnswer, match=problem):
         parse_klines(answer, where="klines BTC/USDT")
-
-
-def test_consecutive_days_form_one_window() -> None:
-    days = [date(2020, 1, 3), date(2020, 1, 1), date(2020, 1, 2), date(2020, 1, 5)]
-    assert contiguous_day_runs(days) == [
-        (date(2020, 1, 1), date(2020, 1, 3)),
-        (date(2020, 1, 5), date(2020, 1, 5)),
-    ]
-
-
-def test_a_day_window_is_the_utc_day_in_epoch_ms() -> None:
-    assert day_window(date(2020, 1, 1)) == (1577836800000, 1577923200000)
-
-
-def test_missing_minutes_counts_only_minutes_inside_the_window() -> None:
-    ts = pd.Series([0, 60_000, 180_000, 600_000]).to_numpy()
-    assert missing_runs(ts, 0, 240_000) == [(120_000, 120_000)]  # one minute missing

@@ -1,16 +1,13 @@
 """The IO manager: downstream assets read exactly the partitions they ask for."""
 
-from datetime import date
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-import pytest
 
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.definitions import resources
 from tradebeat_pipeline.defs.assets import ohlcv_1m
-from tradebeat_pipeline.ingest import expected_minutes, split_by_symbol
 from tradebeat_pipeline.defs.partitions import candle_partitions
 from tradebeat_pipeline.sandbox.server import Sandbox
 from tradebeat_pipeline_tests.conftest import ms
@@ -41,14 +38,3 @@ def test_load_input_returns_the_requested_partition_of_the_requested_symbol(
     assert set(frame["symbol"]) == {"BTC/USDT"}
     assert frame["timestamp"].iloc[0] == ms("2020-01-02T00:00:00Z")
     assert frame["timestamp"].is_monotonic_increasing
-
-
-def test_rows_outside_the_runs_partitions_are_refused_before_anything_is_written() -> None:
-    candles = pd.DataFrame({"symbol": ["BTC/USDT"], "timestamp": [ms("2020-01-05T00:00:00Z")]})
-    with pytest.raises(ValueError, match="outside this run's partitions"):
-        split_by_symbol(candles, {"BTC/USDT": [date(2020, 1, 1)]})
-
-
-def test_expected_minutes_counts_only_closed_minutes_of_today() -> None:
-    now = ms("2020-01-02T00:10:30Z")
-    assert expected_minutes([date(2020, 1, 1), date(2020, 1, 2)], now_ms=now) == 1440 + 10

@@ -1,0 +1,94 @@
+"""`tradebeat backfill`: one run storing exactly the exchange's candles. Real ccxt over HTTP to the
+sandbox, a real SQLite file, a real Dagster instance."""
+
+import sqlite3
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tradebeat_pipeline.cli import main
+from tradebeat_pipeline.sandbox.server import Sandbox
+from tradebeat_pipeline_tests.conftest import archive_rows, ms, stored_rows
+
+
+def test_a_three_day_backfill_stores_the_archive_exactly_in_one_run(
+    btc: Path, instance: dg.DagsterInstance
+) -> None:
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-03"]) == 0
+
+    expected = [
+        (int(r[0]), *(float(v) for v in r[1:6]), float(r[7]), int(r[8]), float(r[9]), float(r[10]))
+        for r in archive_rows("BTCUSDT-1m-vision.csv.gz")
+    ]
+    assert len(expected) == 4320
+    assert stored_rows(btc) == expected
+    runs = instance.get_run_records()
+    assert len(runs) == 1
+    assert runs[0].dagster_run.tags["dagster/asset_partition_range_start"] == "2020-01-01|BTC/USDT"
+    assert runs[0].dagster_run.tags["dagster/asset_partition_range_end"] == "2020-01-03|BTC/USDT"
+
+
+def test_the_backfill_marks_each_day_partition_materialized(btc: Path, instance: dg.DagsterInstance) -> None:
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-03"]) == 0
+    materialized = instance.get_materialized_partitions(dg.AssetKey("ohlcv_1m"))
+    assert materialized == {"2020-01-01|BTC/USDT", "2020-01-02|BTC/USDT", "2020-01-03|BTC/USDT"}
+
+
+def test_running_the_same_backfill_again_changes_nothing(btc: Path) -> None:
+    args = ["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-03"]
+    assert main(args) == 0
+    first, first_ingested = stored_rows(btc), stored_rows(btc, columns="ingested_at")
+    assert main(args) == 0
+    assert stored_rows(btc) == first
+    assert stored_rows(btc, columns="ingested_at") == first_ingested
+    assert len(first) == 4320
+
+
+def test_a_range_that_includes_the_current_minute_never_stores_the_open_candle(
+    btc: Path, sandbox: Sandbox
+) -> None:
+    sandbox.clock.fixed_ms = ms("2020-01-03T12:00:30Z")
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01-03", "--end", "2020-01-03"]) == 0
+    rows = stored_rows(btc)
+    assert len(rows) == 720
+    assert rows[-1][0] == ms("2020-01-03T11:59:00Z")
+
+
+def test_days_before_the_first_candle_on_the_exchange_are_skipped_and_said_so(
+    env: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["symbols", "add", "SOL/USDT"]) == 0
+    assert main(["backfill", "SOL/USDT", "--start", "2023-03-20", "--end", "2023-03-23"]) == 0
+    out = capsys.readouterr().out
+    assert "first candle is 2023-03-23T00:00:00Z" in out
+    assert "skipping 2023-03-20..2023-03-22" in out
+    assert len(stored_rows(env, "SOL/USDT")) == 1440
+
+
+def test_the_outage_day_stores_exactly_what_the_exchange_returned(env: Path, sandbox: Sandbox) -> None:
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    assert main(["backfill", "BTC/USDT", "--start", "2023-03-24", "--end", "2023-03-24"]) == 0
+    rows = stored_rows(env)
+    assert len(rows) == 1360
+    times = {r[0] for r in rows}
+    assert not any(ms("2023-03-24T12:40:00Z") <= t <= ms("2023-03-24T13:59:00Z") for t in times)
+
+
+@pytest.mark.parametrize("fault", ["not_json", "missing_field", "non_numeric"])
+def test_a_malformed_exchange_answer_fails_the_backfill_stores_none_of_it_and_records_the_hole(
+    btc: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str], fault: str
+) -> None:
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
+    before = stored_rows(btc)
+    sandbox.inject(fault, count=None, window=(ms("2020-01-01T00:00:00Z"), ms("2020-01-03T00:00:00Z")))
+
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-02"]) == 1
+    err = capsys.readouterr().err
+    assert "malformed answer" in err
+    assert "--repair" in err
+    assert stored_rows(btc) == before
+    with sqlite3.connect(btc) as conn:
+        kinds = {r[0] for r in conn.execute("SELECT kind FROM gaps")}
+    conn.close()
+    assert kinds == {"fetch_failed"}

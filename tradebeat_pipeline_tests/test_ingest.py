@@ -1,0 +1,99 @@
+"""One run apart from Dagster: planned from a real SQLite store, fetched with the real ccxt client over
+HTTP from the sandbox, written in one transaction with its report; and the guards that keep a batch
+inside its own partitions."""
+
+import asyncio
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tradebeat_pipeline.exchange.ccxt_client import CcxtExchange
+from tradebeat_pipeline.ingest import (
+    Batch,
+    NotRegistered,
+    expected_minutes,
+    fetch_backfill,
+    plan_run,
+    split_by_symbol,
+    write,
+)
+from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
+from tradebeat_pipeline.store import CandleStore, open_store
+from tradebeat_pipeline_tests.conftest import ms
+
+OUTAGE_DAY = {"BTC/USDT": [date(2023, 3, 24)]}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CandleStore:
+    store = open_store(tmp_path / "candles.sqlite")
+    store.register_symbol("BTC/USDT")
+    return store
+
+
+def backfill(server: SandboxServer, store: CandleStore, requested: dict[str, list[date]]) -> Batch:
+    plan = plan_run(store, requested, beat_minute=None, now_ms=ms("2026-01-01T00:00:00Z"))
+
+    async def go() -> Batch:
+        async with CcxtExchange(api_url=server.url, backoff_s=0.01) as exchange:
+            return await fetch_backfill(exchange, plan)
+
+    return asyncio.run(go())
+
+
+def test_a_backfill_over_a_symbol_the_store_does_not_know_is_refused_before_any_request(
+    store: CandleStore, sandbox: Sandbox
+) -> None:
+    with pytest.raises(NotRegistered, match="ETH/USDT"):
+        plan_run(store, {"ETH/USDT": [date(2020, 1, 1)]}, beat_minute=None, now_ms=0)
+    assert sum(sandbox.requests.values()) == 0
+
+
+def test_a_beat_skips_a_partition_the_sensor_has_not_registered_yet(store: CandleStore) -> None:
+    requested = {"BTC/USDT": [date(2020, 1, 2)], "ETH/USDT": [date(2020, 1, 2)]}
+    plan = plan_run(store, requested, beat_minute=ms("2020-01-02T12:00:00Z"), now_ms=0)
+    assert (list(plan.requested), plan.skipped) == (["BTC/USDT"], ["ETH/USDT"])
+
+
+def test_the_write_report_accounts_for_every_minute_of_the_outage_day(
+    store: CandleStore, sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    batch = backfill(sandbox_server, store, OUTAGE_DAY)
+    report = write(store, batch, now_ms=ms("2026-01-01T00:00:00Z"))
+    assert batch.report is report  # what the checks read
+    (day,) = report.gaps["BTC/USDT"]
+    assert (day.expected, day.stored, day.explained, day.unexplained) == (1440, 1360, 80, 0)
+    assert report.total.inserted == 1360
+    assert report.missing_minutes() == {"BTC/USDT": 80}
+    assert report.newest == {"BTC/USDT": ms("2023-03-24T23:59:00Z")}
+
+
+def test_writing_the_same_batch_again_inserts_nothing(
+    store: CandleStore, sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    write(store, backfill(sandbox_server, store, OUTAGE_DAY), now_ms=1)
+    again = write(store, backfill(sandbox_server, store, OUTAGE_DAY), now_ms=2)
+    assert (again.total.inserted, again.total.unchanged) == (0, 1360)
+
+
+def test_a_batch_whose_fetch_reaches_outside_its_days_is_refused_and_stores_nothing(
+    store: CandleStore, sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    batch = backfill(sandbox_server, store, OUTAGE_DAY)
+    batch.requested = {"BTC/USDT": [date(2023, 3, 25)]}  # as if the run were for another day
+    with pytest.raises(ValueError, match="outside this run's partitions"):
+        write(store, batch, now_ms=1)
+    assert store.count_candles("BTC/USDT") == 0
+
+
+def test_rows_outside_the_runs_partitions_are_refused_before_anything_is_written() -> None:
+    candles = pd.DataFrame({"symbol": ["BTC/USDT"], "timestamp": [ms("2020-01-05T00:00:00Z")]})
+    with pytest.raises(ValueError, match="outside this run's partitions"):
+        split_by_symbol(candles, {"BTC/USDT": [date(2020, 1, 1)]})
+
+
+def test_expected_minutes_counts_only_closed_minutes_of_today() -> None:
+    now = ms("2020-01-02T00:10:30Z")
+    assert expected_minutes([date(2020, 1, 1), date(2020, 1, 2)], now_ms=now) == 1440 + 10
