@@ -10,7 +10,7 @@ from enum import IntEnum
 
 from tradebeat_pipeline.quality import EXCHANGE, covered_by_exchange
 from tradebeat_pipeline.store import CandleStore
-from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, iso_utc
+from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, iso_utc, last_closed_minute
 
 # The daemon writes a heartbeat every 30 s; five minutes without one means it is gone.
 DAEMON_STALE_S = 300
@@ -74,7 +74,7 @@ class Report:
 
 def symbol_health(store: CandleStore, symbol: str, now_ms: int) -> SymbolHealth:
     """One symbol's figures at `now_ms`."""
-    last_closed = now_ms - now_ms % MINUTE_MS - MINUTE_MS
+    last_closed = last_closed_minute(now_ms) - MINUTE_MS
     first, newest = store.candle_span(symbol)
     today = now_ms - now_ms % DAY_MS
     if newest is None or first is None:

@@ -21,9 +21,10 @@ import pytest
 import time_machine
 
 from tradebeat_pipeline.cli import main
-from tradebeat_pipeline.sandbox.market_data import DAY_MS, ReplayedSeries, replay_markets
+from tradebeat_pipeline.sandbox.market_data import ReplayedSeries, replay_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
+from tradebeat_pipeline.timewindows import DAY_MS
 from tradebeat_pipeline_tests.conftest import stored_rows, wait_for
 
 pytestmark = pytest.mark.slow

@@ -18,12 +18,12 @@ def instance() -> dg.DagsterInstance:
     """The Dagster instance in DAGSTER_HOME (the project's dagster_home/ unless set); use it in a
     `with` block so it is closed (an instance left open lingers in Dagster's process-wide state).
 
-    Dagster reads its home from the environment only, so an unset DAGSTER_HOME is set here, for
-    this process and the runs it materializes."""
-    if not os.environ.get("DAGSTER_HOME"):
-        DEFAULT_DAGSTER_HOME.mkdir(parents=True, exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(DEFAULT_DAGSTER_HOME)
-    return dg.DagsterInstance.get()
+    Runs materialized here are given this instance, so nothing needs DAGSTER_HOME in the environment."""
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        return dg.DagsterInstance.get()
+    DEFAULT_DAGSTER_HOME.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.from_config(str(DEFAULT_DAGSTER_HOME))
 
 
 def materialize_history(

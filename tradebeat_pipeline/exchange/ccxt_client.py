@@ -31,7 +31,7 @@ from tradebeat_pipeline.exchange import (
 )
 from tradebeat_pipeline.exchange.binance import MalformedAnswer, parse_klines
 from tradebeat_pipeline.quality import Coverage
-from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc
+from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc, last_closed_minute
 
 log = logging.getLogger("tradebeat.exchange")
 
@@ -277,7 +277,7 @@ class CcxtExchange:
         requests_before = self.requests
         now = await self.server_time_ms() if now_ms is None else now_ms
         start_ms -= start_ms % MINUTE_MS
-        closed_until = max(start_ms, min(end_ms, now - now % MINUTE_MS))
+        closed_until = max(start_ms, min(end_ms, last_closed_minute(now)))
         chunk = PAGE_LIMIT * MINUTE_MS
         starts = range(start_ms, closed_until, chunk)
         chunks = await gather_or_cancel(

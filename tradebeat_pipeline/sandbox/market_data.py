@@ -14,8 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-MINUTE_MS = 60_000
-DAY_MS = 86_400_000
+from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS
 
 # A kline row exactly as Binance's /api/v3/klines serves it.
 Kline = list[object]

@@ -18,12 +18,11 @@ from typing import Any
 from aiohttp import web
 
 from tradebeat_pipeline.sandbox.market_data import (
-    DAY_MS,
-    MINUTE_MS,
     Kline,
     Market,
     partial_kline,
 )
+from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS
 
 log = logging.getLogger("tradebeat.sandbox")
 
