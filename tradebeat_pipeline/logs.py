@@ -6,14 +6,14 @@ each record to `LOG_DIR/<component>.log`. Inside Dagster runs the same records a
 log in the UI (the `tradebeat` logger is one of the instance's managed Python loggers).
 
 Several processes write the same files (daemon, webserver, run workers, CLI), so `RotatingFileHandler`
-is not enough: one process would rotate a file another still appends to, and lines get lost. Here
-every write happens under an exclusive `flock` on `<file>.lock`: the writer checks the size of the file
-*at the path* (not of its own, possibly rotated, descriptor), rotates if the next line would not fit,
-reopens if another process rotated, and appends the whole line with one `write` on an `O_APPEND`
-descriptor. Lines are never split or interleaved, and none is lost to a rotation.
+is not enough: one process would rotate a file another still appends to, and lines get lost. Each file
+is a `concurrent_log_handler.ConcurrentRotatingFileHandler`: the size check, the rotation and the
+append all happen under an exclusive lock on a `.__<component>.lock` file beside it, and a writer whose
+open file was rotated away by another process reopens the path first. Lines are never split or
+interleaved, and none is lost to a rotation. Here stay only what the library does not do: routing by
+component, the UTC line format, redaction, and rotating *before* a line would overflow the file.
 """
 
-import fcntl
 import logging
 import os
 import threading
@@ -21,10 +21,15 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from concurrent_log_handler import ConcurrentRotatingFileHandler
+
+from tradebeat_pipeline.settings import default
+
 ROOT = "tradebeat"
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-DEFAULT_MAX_BYTES = 10 * 1024 * 1024
-DEFAULT_BACKUPS = 5
+DEFAULT_LEVEL: str = default("log_level")
+DEFAULT_MAX_BYTES: int = default("log_max_bytes")
+DEFAULT_BACKUPS: int = default("log_backups")
 
 _installed: dict[str, "ComponentFiles"] = {}
 _install_lock = threading.Lock()
@@ -51,49 +56,34 @@ class Redact(logging.Filter):
         return text
 
 
-class LockedRotatingFile:
-    """One log file shared by many processes: rotation and appends under an exclusive flock."""
+class LineFormatter(UtcFormatter):
+    """One record as one line of the file: secrets redacted, continuation lines indented (so a
+    traceback still reads as one record and every new line starts with a timestamp)."""
 
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
-        self._lock_path = path.with_name(path.name + ".lock")
-        self._thread_lock = threading.Lock()
+    def __init__(self, redactor: Redact) -> None:
+        super().__init__(FORMAT)
+        self.redactor = redactor
 
-    def write(self, line: str) -> None:
-        data = line.encode("utf-8", "backslashreplace")
-        with self._thread_lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock_fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o644)
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)
-                try:
-                    size = self.path.stat().st_size
-                except FileNotFoundError:
-                    size = 0
-                if size and size + len(data) > self.max_bytes:
-                    self._rotate()
-                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
-                try:
-                    os.write(fd, data)
-                finally:
-                    os.close(fd)
-            finally:
-                os.close(lock_fd)  # closing the descriptor releases the flock
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor.redact(super().format(record)).replace("\n", "\n    ")
 
-    def _rotate(self) -> None:
-        """x.log → x.log.1 → … → x.log.N (the oldest is dropped); called with the lock held."""
-        if self.backups <= 0:
-            self.path.unlink(missing_ok=True)
-            return
-        oldest = self.path.with_name(f"{self.path.name}.{self.backups}")
-        oldest.unlink(missing_ok=True)
-        for i in range(self.backups - 1, 0, -1):
-            src = self.path.with_name(f"{self.path.name}.{i}")
-            if src.exists():
-                src.rename(self.path.with_name(f"{self.path.name}.{i + 1}"))
-        self.path.rename(self.path.with_name(f"{self.path.name}.1"))
+
+class ComponentFile(ConcurrentRotatingFileHandler):
+    """One component's file; rotates before a line would push it past `maxBytes`.
+
+    The library rotates once the file has *reached* maxBytes, so files overshoot by a line; the
+    size is read at the path (under the lock), so a rotation by another process is seen.
+    """
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        if self.maxBytes <= 0:
+            return False
+        try:
+            size = os.path.getsize(self.baseFilename)
+        except FileNotFoundError:
+            return False
+        line = len(self.format(record).encode("utf-8", "replace")) + len(self.terminator)
+        return bool(size) and size + line > self.maxBytes
 
 
 class ComponentFiles(logging.Handler):
@@ -104,32 +94,60 @@ class ComponentFiles(logging.Handler):
         self.directory = directory
         self.max_bytes = max_bytes
         self.backups = backups
-        self.redactor = Redact(secrets)
-        self.setFormatter(UtcFormatter(FORMAT))
-        self._files: dict[str, LockedRotatingFile] = {}
+        self.setFormatter(LineFormatter(Redact(secrets)))
+        self._files: dict[str, ComponentFile] = {}
+
+    @property
+    def redactor(self) -> Redact:
+        assert isinstance(self.formatter, LineFormatter)
+        return self.formatter.redactor
+
+    @redactor.setter
+    def redactor(self, redactor: Redact) -> None:
+        assert isinstance(self.formatter, LineFormatter)
+        self.formatter.redactor = redactor  # the component files share this formatter
 
     def component(self, name: str) -> str:
         parts = name.split(".")
         return parts[1] if len(parts) > 1 and parts[0] == ROOT else "tradebeat"
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Called under this handler's lock (logging.Handler.handle), so `_files` needs no other.
         try:
-            line = self.redactor.redact(self.format(record)).replace("\n", "\n    ") + "\n"
             name = self.component(record.name)
             target = self._files.get(name)
             if target is None:
-                target = self._files[name] = LockedRotatingFile(
-                    self.directory / f"{name}.log", self.max_bytes, self.backups
+                self.directory.mkdir(parents=True, exist_ok=True)
+                target = ComponentFile(
+                    str(self.directory / f"{name}.log"),
+                    maxBytes=self.max_bytes,
+                    backupCount=self.backups,
+                    encoding="utf-8",
+                    unicode_error_policy="replace",
                 )
-            target.write(line)
+                target.setFormatter(self.formatter)
+                self._files[name] = target
         except Exception:
             self.handleError(record)
+            return
+        target.emit(record)  # reports its own errors through handleError
+
+    def close(self) -> None:
+        """Close every component file (their descriptors and locks stay open between writes)."""
+        self.acquire()
+        try:
+            for target in self._files.values():
+                target.close()
+            self._files.clear()
+        finally:
+            self.release()
+        super().close()
 
 
 def install(
     directory: Path,
     *,
-    level: str = "INFO",
+    level: str = DEFAULT_LEVEL,
     max_bytes: int = DEFAULT_MAX_BYTES,
     backups: int = DEFAULT_BACKUPS,
     secrets: Iterable[str | None] = (),
@@ -156,3 +174,4 @@ def uninstall(directory: Path) -> None:
         handler = _installed.pop(str(directory.resolve()), None)
     if handler is not None:
         logging.getLogger(ROOT).removeHandler(handler)
+        handler.close()

@@ -1,4 +1,8 @@
-"""Environment → typed settings, in one place, read when a resource or the CLI starts.
+"""Environment → typed settings, declared once, read when a resource or the CLI starts.
+
+Each variable is one field of `Settings`: its type, default, bounds and description (which is its
+documentation; `.env.example` is checked against it). pydantic-settings reads the project's `.env`
+and validates; the process environment is handed over on top of it, so it wins.
 
 Nothing here runs at import: callers ask for `Settings.load()` when they start, so a bad value stops
 that start with a message naming the variable, and definitions still load without any environment.
@@ -7,184 +11,302 @@ that start with a message naming the variable, and definitions still load withou
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUseDefault
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from tradebeat_pipeline import logs
+from tradebeat_pipeline.errors import Refused
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_API_URL = "https://api.binance.com"
-DEFAULT_DB_PATH = PROJECT_DIR / "data" / "tradebeat.sqlite"
 DEFAULT_DAGSTER_HOME = PROJECT_DIR / "dagster_home"
-DEFAULT_LOG_DIR = PROJECT_DIR / "logs"
-DEFAULT_CHARTS_DIR = PROJECT_DIR / "charts"
+
+# What a value of each type must be, for the refusal message.
+_KINDS: dict[Any, str] = {int: "a whole number", float: "a number"}
 
 
-class SettingsError(ValueError):
+class SettingsError(Refused, ValueError):
     """A configuration variable holds a value tradebeat cannot use."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    api_url: str = DEFAULT_API_URL
-    api_key: str | None = None
-    secret_key: str | None = None
-    db_path: Path = DEFAULT_DB_PATH
-    backfill_minutes: int = 1440
-    heartbeat_buffer_seconds: float = 5.0
-    log_level: str = "INFO"
-    retry_attempts: int = 6
-    retry_backoff_seconds: float = 0.5
-    timeout_seconds: float = 10.0
-    rate_budget_share: float = 0.5
-    symbols: tuple[str, ...] = ()
-    freshness_minutes: int = 2
-    log_dir: Path = DEFAULT_LOG_DIR
-    log_max_bytes: int = 10 * 1024 * 1024
-    log_backups: int = 5
-    charts_dir: Path = DEFAULT_CHARTS_DIR
-    chart_days: int = 30
-    chart_window_hours: int = 24
-    run_retention_days: int = 2
+class Settings(BaseSettings):
+    """tradebeat's configuration; the alias of each field is its environment variable."""
 
-    def __repr__(self) -> str:
-        # Keys must never reach a log line or an exception message, even by accident.
-        return (
-            f"Settings(api_url={self.api_url!r}, api_key={'***' if self.api_key else None}, "
-            f"secret_key={'***' if self.secret_key else None}, db_path={str(self.db_path)!r}, "
-            f"backfill_minutes={self.backfill_minutes}, "
-            f"heartbeat_buffer_seconds={self.heartbeat_buffer_seconds}, log_level={self.log_level!r}, "
-            f"retry_attempts={self.retry_attempts}, "
-            f"retry_backoff_seconds={self.retry_backoff_seconds}, "
-            f"rate_budget_share={self.rate_budget_share}, symbols={self.symbols!r}, "
-            f"freshness_minutes={self.freshness_minutes}, log_dir={str(self.log_dir)!r})"
-        )
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="ignore",  # the environment holds much else
+        case_sensitive=True,
+        env_ignore_empty=True,
+        validate_default=True,  # relative default paths are resolved like given ones
+        populate_by_name=True,  # Settings(db_path=...) as well as Settings(DB_PATH=...)
+    )
+
+    api_url: str = Field(
+        "https://api.binance.com",
+        alias="BINANCE_API_URL",
+        description="Base URL of a Binance-compatible REST server (scheme://host[:port]); "
+        "point it at the sandbox exchange (`uv run tradebeat sandbox`) to run offline.",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        alias="BINANCE_API_KEY",
+        description="Binance API key: optional, public market data needs none. Never logged or stored.",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        alias="BINANCE_SECRET_KEY",
+        description="Binance API secret: optional, public market data needs none. Never logged or stored.",
+    )
+    db_path: Path = Field(
+        Path("data/tradebeat.sqlite"),
+        alias="DB_PATH",
+        description="SQLite file of the candle store (relative paths are taken from the project folder).",
+    )
+    backfill_minutes: int = Field(
+        1440,
+        ge=1,
+        alias="BACKFILL_MINUTES",
+        description="History loaded when a symbol is added, in minutes; loaded as the whole UTC days "
+        "that cover it.",
+    )
+    heartbeat_buffer_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=50,
+        allow_inf_nan=False,
+        alias="HEARTBEAT_BUFFER_SECONDS",
+        description="Seconds the heartbeat waits after a minute closes before fetching it.",
+    )
+    freshness_minutes: int = Field(
+        2,
+        ge=1,
+        alias="FRESHNESS_MINUTES",
+        description="The `fresh` check fails when a symbol's newest candle is more than this many "
+        "minutes behind the last closed minute.",
+    )
+    log_level: str = Field(
+        "INFO",
+        alias="LOG_LEVEL",
+        description="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    )
+    log_dir: Path = Field(
+        Path("logs"),
+        alias="LOG_DIR",
+        description="Folder of the per-component rotating log files (heartbeat.log, backfill.log, ...), "
+        "safe with several processes writing at once. Relative to the project.",
+    )
+    log_max_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1,
+        alias="LOG_MAX_BYTES",
+        description="Size at which a log file is rotated.",
+    )
+    log_backups: int = Field(
+        5,
+        ge=1,
+        alias="LOG_BACKUPS",
+        description="Rotated files kept per component.",
+    )
+    retry_attempts: int = Field(
+        6,
+        ge=1,
+        alias="EXCHANGE_RETRY_ATTEMPTS",
+        description="How often a failing exchange request is tried.",
+    )
+    retry_backoff_seconds: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        allow_inf_nan=False,
+        alias="EXCHANGE_RETRY_BACKOFF_SECONDS",
+        description="The first wait between tries of a failing exchange request (it doubles, up to 30 s).",
+    )
+    timeout_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=120,
+        allow_inf_nan=False,
+        alias="EXCHANGE_TIMEOUT_SECONDS",
+        description="Seconds before an unanswered request is retried.",
+    )
+    run_retention_days: int = Field(
+        2,
+        ge=0,
+        alias="RUN_RETENTION_DAYS",
+        description="Heartbeat runs older than this many days are deleted by the daily retention job "
+        "(each day's newest beat is kept, so partition status stays true).",
+    )
+    rate_budget_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        alias="RATE_BUDGET_SHARE",
+        description="Share of the exchange's declared request-weight budget that all tradebeat processes "
+        "together may use (shared through rate-budget-<host>.json beside DB_PATH; heartbeats first).",
+    )
+    symbols: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        alias="SYMBOLS",
+        description="Symbols to track, comma-separated ccxt spot symbols; the symbols sensor registers "
+        "them on its first tick (validated against the exchange) and loads BACKFILL_MINUTES of history.",
+    )
+    charts_dir: Path = Field(
+        Path("charts"),
+        alias="CHARTS_DIR",
+        description="Folder the price chart page (price_chart.html) is written to.",
+    )
+    chart_days: int = Field(
+        30,
+        ge=1,
+        alias="CHART_DAYS",
+        description="Days of hourly closes in the chart's overview.",
+    )
+    chart_window_hours: int = Field(
+        24,
+        ge=1,
+        alias="CHART_WINDOW_HOURS",
+        description="Hours of 1-minute candlesticks per symbol in the chart.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment arrives as init values from `load` (so tests can pass their own mapping
+        instead of os.environ), then the `.env` file; nothing else is read behind the caller's back."""
+        return (init_settings, dotenv_settings)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: Path | None = None) -> "Settings":
-        """Read the process environment over the project's `.env` (the environment wins)."""
+        """Read the process environment (or `environ` instead of it) over the project's `.env`
+        (TRADEBEAT_ENV_FILE if set); the environment wins, a missing `.env` is no error."""
         if env_file is None:
             env_file = Path(os.environ.get("TRADEBEAT_ENV_FILE", PROJECT_DIR / ".env"))
-        values: dict[str, str] = {}
-        if env_file.is_file():
-            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-        values.update(os.environ if environ is None else environ)
-        return cls.from_mapping(values)
+        return cls._validated(os.environ if environ is None else environ, env_file)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> "Settings":
-        def get(name: str) -> str | None:
-            raw = values.get(name)
-            return raw.strip() if raw is not None and raw.strip() != "" else None
+        """Settings from these variables alone (no environment, no `.env`)."""
+        return cls._validated(values, None)
 
-        return cls(
-            api_url=_api_url(get("BINANCE_API_URL") or DEFAULT_API_URL),
-            api_key=get("BINANCE_API_KEY"),
-            secret_key=get("BINANCE_SECRET_KEY"),
-            db_path=_db_path(get("DB_PATH")),
-            backfill_minutes=_positive_int("BACKFILL_MINUTES", get("BACKFILL_MINUTES"), 1440),
-            heartbeat_buffer_seconds=_seconds(
-                "HEARTBEAT_BUFFER_SECONDS", get("HEARTBEAT_BUFFER_SECONDS"), 5.0, 50
-            ),
-            log_level=_log_level(get("LOG_LEVEL")),
-            retry_attempts=_positive_int("EXCHANGE_RETRY_ATTEMPTS", get("EXCHANGE_RETRY_ATTEMPTS"), 6),
-            retry_backoff_seconds=_seconds(
-                "EXCHANGE_RETRY_BACKOFF_SECONDS", get("EXCHANGE_RETRY_BACKOFF_SECONDS"), 0.5, 60
-            ),
-            timeout_seconds=_seconds("EXCHANGE_TIMEOUT_SECONDS", get("EXCHANGE_TIMEOUT_SECONDS"), 10.0, 120),
-            rate_budget_share=_share(get("RATE_BUDGET_SHARE")),
-            symbols=tuple(s.strip() for s in (get("SYMBOLS") or "").split(",") if s.strip()),
-            freshness_minutes=_positive_int("FRESHNESS_MINUTES", get("FRESHNESS_MINUTES"), 2),
-            log_dir=_project_path(get("LOG_DIR"), DEFAULT_LOG_DIR),
-            log_max_bytes=_positive_int("LOG_MAX_BYTES", get("LOG_MAX_BYTES"), 10 * 1024 * 1024),
-            log_backups=_positive_int("LOG_BACKUPS", get("LOG_BACKUPS"), 5),
-            charts_dir=_project_path(get("CHARTS_DIR"), DEFAULT_CHARTS_DIR),
-            chart_days=_positive_int("CHART_DAYS", get("CHART_DAYS"), 30),
-            chart_window_hours=_positive_int("CHART_WINDOW_HOURS", get("CHART_WINDOW_HOURS"), 24),
-            run_retention_days=_non_negative_int("RUN_RETENTION_DAYS", get("RUN_RETENTION_DAYS"), 2),
-        )
+    @classmethod
+    def _validated(cls, values: Mapping[str, str], env_file: Path | None) -> "Settings":
+        names = {info.alias for info in cls.model_fields.values()}
+        given: dict[str, Any] = {name: value for name, value in values.items() if name in names}
+        try:
+            # `_env_file` is pydantic-settings' per-call .env path; mypy sees only the fields.
+            return cls(_env_file=env_file, **given)  # type: ignore[call-arg]
+        except ValidationError as exc:
+            raise SettingsError(cls._explain(exc)) from None
+
+    @classmethod
+    def _explain(cls, exc: ValidationError) -> str:
+        """pydantic's errors as sentences that name the variable and the value it got."""
+        by_alias = {info.alias: info for info in cls.model_fields.values()}
+        sentences = []
+        for error in exc.errors(include_url=False):
+            name = str(error["loc"][0]) if error["loc"] else "a setting"
+            info = by_alias.get(name)
+            raw = error.get("input")
+            if error["type"] == "value_error":
+                sentences.append(str(error["ctx"]["error"]))
+            elif error["type"].endswith("_parsing") and info is not None:
+                kind = _KINDS.get(info.annotation, "valid")
+                sentences.append(f"{name} must be {kind}, got {raw!r}")
+            elif info is not None and _bounds(info):
+                sentences.append(f"{name} must be {_bounds(info)}, got {raw!r}")
+            else:
+                sentences.append(f"{name}: {error['msg']}, got {raw!r}")
+        return "; ".join(sentences)
+
+    # -- per-variable rules pydantic's types and bounds do not say -----------------------
+
+    @field_validator("api_url")
+    @classmethod
+    def _base_url(cls, raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"BINANCE_API_URL must be an http(s) base URL such as https://api.binance.com, got {raw!r}"
+            )
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, raw: Any) -> Any:
+        level = raw.upper() if isinstance(raw, str) else raw
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {raw!r}")
+        return level
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _comma_separated(cls, raw: Any) -> Any:
+        return tuple(s.strip() for s in raw.split(",") if s.strip()) if isinstance(raw, str) else raw
+
+    @field_validator("db_path", "log_dir", "charts_dir")
+    @classmethod
+    def _in_project(cls, path: Path) -> Path:
+        path = path.expanduser()
+        return path if path.is_absolute() else PROJECT_DIR / path
+
+    # Defined last: pydantic runs "before" validators last-defined first, so this one sees the raw value.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """`NAME=` or `NAME=  ` leaves the default, as if the variable were not set."""
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                raise PydanticUseDefault()
+        return value
 
     def install_logs(self) -> None:
         """Per-component rotating files under LOG_DIR at LOG_LEVEL, with the API keys redacted."""
+        from tradebeat_pipeline import logs  # logs reads its defaults from this module
+
         logs.install(
             self.log_dir,
             level=self.log_level,
             max_bytes=self.log_max_bytes,
             backups=self.log_backups,
-            secrets=(self.api_key, self.secret_key),
+            secrets=[key.get_secret_value() for key in (self.api_key, self.secret_key) if key is not None],
         )
 
 
-def _api_url(raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(
-            f"BINANCE_API_URL must be an http(s) base URL such as https://api.binance.com, got {raw!r}"
-        )
-    return f"{parts.scheme}://{parts.netloc}"
+def default(name: str) -> Any:
+    """The declared default of setting `name` (a field name), for code that takes the same knob as a
+    parameter: the value lives in the declaration only."""
+    return Settings.model_fields[name].default
 
 
-def _db_path(raw: str | None) -> Path:
-    return _project_path(raw, DEFAULT_DB_PATH)
-
-
-def _project_path(raw: str | None, default: Path) -> Path:
-    if raw is None:
-        return default
-    path = Path(raw).expanduser()
-    return path if path.is_absolute() else PROJECT_DIR / path
-
-
-def _positive_int(name: str, raw: str | None, default: int) -> int:
-    return _int(name, raw, default, minimum=1)
-
-
-def _non_negative_int(name: str, raw: str | None, default: int) -> int:
-    return _int(name, raw, default, minimum=0)
-
-
-def _int(name: str, raw: str | None, default: int, *, minimum: int) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        limit = "greater than 0" if minimum == 1 else f"at least {minimum}"
-        raise SettingsError(f"{name} must be {limit}, got {value}")
-    return value
-
-
-def _seconds(name: str, raw: str | None, default: float, maximum: float) -> float:
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not 0 <= value <= maximum:
-        raise SettingsError(f"{name} must be between 0 and {maximum:g} seconds, got {value:g}")
-    return value
-
-
-def _share(raw: str | None) -> float:
-    if raw is None:
-        return 0.5
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"RATE_BUDGET_SHARE must be a fraction such as 0.5, got {raw!r}") from None
-    if not 0 < value <= 1:
-        raise SettingsError(f"RATE_BUDGET_SHARE must be above 0 and at most 1, got {value:g}")
-    return value
-
-
-def _log_level(raw: str | None) -> str:
-    level = (raw or "INFO").upper()
-    if level not in logging.getLevelNamesMapping():
-        raise SettingsError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {raw!r}")
-    return level
+def _bounds(info: FieldInfo) -> str:
+    """'between 0 and 50', 'above 0 and at most 1', 'at least 1' from a field's declared bounds."""
+    bounds = {
+        key: getattr(rule, key)
+        for rule in info.metadata
+        for key in ("ge", "gt", "le")
+        if getattr(rule, key, None) is not None
+    }
+    low = (
+        f"at least {bounds['ge']:g}"
+        if "ge" in bounds
+        else f"above {bounds['gt']:g}"
+        if "gt" in bounds
+        else ""
+    )
+    if "le" not in bounds:
+        return low
+    if "ge" in bounds:
+        return f"between {bounds['ge']:g} and {bounds['le']:g}"
+    return f"{low} and at most {bounds['le']:g}" if low else f"at most {bounds['le']:g}"

@@ -14,6 +14,7 @@ import pytest
 from tradebeat_pipeline import logs
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.sandbox.server import Sandbox
+from tradebeat_pipeline.settings import Settings
 
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) tradebeat\.\w+ .+$"
@@ -120,3 +121,16 @@ def test_a_backfill_logs_to_its_file_and_to_the_runs_log_in_dagster_and_leaks_no
 
     stored = [p for p in env.parent.rglob("*") if p.is_file()]  # logs, the store, the Dagster home
     assert not [p for p in stored if key.encode() in p.read_bytes()]
+
+
+def test_a_record_of_several_lines_stays_one_record_and_install_is_idempotent(log_dir: Path) -> None:
+    first = logs.install(log_dir)
+    assert logs.install(log_dir) is first
+    assert logging.getLogger("tradebeat").handlers.count(first) == 1
+    logging.getLogger("tradebeat.symbols").info("two\nlines")
+    assert (log_dir / "symbols.log").read_text().splitlines()[1:] == ["    lines"]
+
+
+def test_the_defaults_are_the_settings_defaults() -> None:
+    defaults = Settings.from_mapping({})
+    assert (defaults.log_max_bytes, defaults.log_backups) == (logs.DEFAULT_MAX_BYTES, logs.DEFAULT_BACKUPS)

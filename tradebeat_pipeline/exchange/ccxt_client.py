@@ -18,6 +18,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
+from pydantic import SecretStr
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from tradebeat_pipeline import progress
 from tradebeat_pipeline.budget import Lane, WeightBudget
@@ -31,6 +40,7 @@ from tradebeat_pipeline.exchange import (
 )
 from tradebeat_pipeline.exchange.binance import MalformedAnswer, parse_klines
 from tradebeat_pipeline.quality import Coverage
+from tradebeat_pipeline.settings import default
 from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc, last_closed_minute
 
 log = logging.getLogger("tradebeat.exchange")
@@ -94,6 +104,8 @@ DEFAULT_WEIGHT_PER_MINUTE = 6000
 # ccxt knows each endpoint's cost (klines 0.4 = weight 2, exchangeInfo 4 = weight 20), so its costs,
 # converted, are what the shared budget charges.
 _CCXT_WEIGHT_PER_COST_UNIT = 5.0
+# The longest wait between two tries of a request (before jitter).
+MAX_BACKOFF_S = 30.0
 
 T = TypeVar("T")
 
@@ -141,6 +153,10 @@ def _retry_after_seconds(headers: dict[str, str]) -> float | None:
     return None
 
 
+def _plain(key: str | SecretStr) -> str:
+    return key.get_secret_value() if isinstance(key, SecretStr) else key
+
+
 def _with_host(url: str, base: str) -> str:
     new = urlsplit(base)
     old = urlsplit(url)
@@ -154,16 +170,19 @@ class CcxtExchange:
         self,
         *,
         api_url: str | None = None,
-        api_key: str | None = None,
-        secret_key: str | None = None,
-        rate_budget_share: float = 0.5,
+        api_key: str | SecretStr | None = None,
+        secret_key: str | SecretStr | None = None,
+        rate_budget_share: float = default("rate_budget_share"),
         budget_path: Path | None = None,
         lane: Lane = Lane.BULK,
-        timeout_ms: int = 10_000,
-        max_attempts: int = 6,
-        backoff_s: float = 0.5,
+        timeout_ms: int = round(default("timeout_seconds") * 1000),
+        max_attempts: int = default("retry_attempts"),
+        backoff_s: float = default("retry_backoff_seconds"),
         concurrency: int = 8,
     ) -> None:
+        """Defaults are the settings' defaults; `api_url` None means Binance itself (BINANCE_API_URL's
+        default). Keys may come as `SecretStr` (as `Settings` holds them): they are unwrapped only
+        here, into ccxt's config."""
         if not 0 < rate_budget_share <= 1:
             raise ValueError("rate_budget_share must be in (0, 1]")
         config: dict[str, Any] = {
@@ -178,9 +197,9 @@ class CcxtExchange:
             },
         }
         if api_key:
-            config["apiKey"] = api_key
+            config["apiKey"] = _plain(api_key)
         if secret_key:
-            config["secret"] = secret_key
+            config["secret"] = _plain(secret_key)
         self._ccxt = _Binance(config)
         # Until exchangeInfo declares the exchange's budget, assume Binance's.
         self.budget = WeightBudget(budget_path, DEFAULT_WEIGHT_PER_MINUTE * rate_budget_share, lane)
@@ -188,7 +207,7 @@ class CcxtExchange:
         self._ccxt.enableLastResponseHeaders = True
         if api_url:
             self._ccxt.urls["api"] = {k: _with_host(v, api_url) for k, v in self._ccxt.urls["api"].items()}
-        self.api_host = urlsplit(api_url or "https://api.binance.com").netloc
+        self.api_host = urlsplit(api_url or default("api_url")).netloc
         self.rate_budget_share = rate_budget_share
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
@@ -352,40 +371,71 @@ class CcxtExchange:
     # -- retries -------------------------------------------------------------------------
 
     async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
-        """Run one request with the rate limiter, retrying transient failures with backoff."""
-        delay = self.backoff_s
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                async with self._concurrency:
-                    self.requests += 1
-                    return await request()
-            except ccxt.BadSymbol as exc:
-                raise SymbolNotListed(f"{what}: the exchange does not know this symbol ({exc})") from exc
-            except (ccxt.OperationFailed, MalformedAnswer) as exc:
-                retry_after = getattr(exc, "retry_after", None)
-                if isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded) and retry_after:
-                    # A 429/418 asks everyone to wait: every request of every process sharing the budget.
-                    self.budget.pause(retry_after)
-                if attempt == self.max_attempts:
-                    kind = "malformed answer" if isinstance(exc, MalformedAnswer) else type(exc).__name__
-                    detail = _short(exc).removeprefix(f"{what}: ")
-                    raise ExchangeFailure(
-                        f"{what}: gave up after {attempt} attempts ({kind}: {detail})"
-                    ) from exc
-                wait = retry_after if retry_after is not None else delay * (1 + random.random() / 4)  # noqa: S311
-                log.warning(
-                    "%s: %s (attempt %d/%d), retrying in %.1fs",
-                    what,
-                    _short(exc).removeprefix(f"{what}: "),
-                    attempt,
-                    self.max_attempts,
-                    wait,
-                )
-                await asyncio.sleep(wait)
-                delay = min(delay * 2, 30.0)
-            except ccxt.BaseError as exc:
-                raise ExchangeFailure(f"{what}: the exchange refused the request ({_short(exc)})") from exc
-        raise AssertionError("unreachable")
+        """Run one request with the rate limiter, retrying transient failures with backoff.
+
+        Transient: ccxt's OperationFailed (network, timeout, 5xx, 429/418) and a malformed answer.
+        A 429/418's Retry-After is the wait, and it pauses every process sharing the budget.
+        """
+
+        async def attempt() -> T:
+            async with self._concurrency:
+                self.requests += 1
+                return await request()
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((ccxt.OperationFailed, MalformedAnswer)),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=_Backoff(self.backoff_s),
+            after=self._honour_retry_after,
+            before_sleep=lambda state: _log_retry(what, self.max_attempts, state),
+        )
+        try:
+            return await retrying(attempt)
+        except RetryError as gave_up:
+            exc = gave_up.last_attempt.exception()
+            kind = "malformed answer" if isinstance(exc, MalformedAnswer) else type(exc).__name__
+            detail = _short(exc).removeprefix(f"{what}: ") if exc is not None else "no answer"
+            raise ExchangeFailure(
+                f"{what}: gave up after {gave_up.last_attempt.attempt_number} attempts ({kind}: {detail})"
+            ) from exc
+        except ccxt.BadSymbol as exc:
+            raise SymbolNotListed(f"{what}: the exchange does not know this symbol ({exc})") from exc
+        except ccxt.BaseError as exc:
+            raise ExchangeFailure(f"{what}: the exchange refused the request ({_short(exc)})") from exc
+
+    def _honour_retry_after(self, state: RetryCallState) -> None:
+        """A 429/418 asks everyone to wait: every request of every process sharing the budget."""
+        exc = state.outcome.exception() if state.outcome is not None else None
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded) and retry_after:
+            self.budget.pause(retry_after)
+
+
+class _Backoff:
+    """The answer's Retry-After if it gave one, else `first` doubling per try up to 30 s, plus up to
+    25 % jitter so clients that failed together do not retry together."""
+
+    def __init__(self, first: float) -> None:
+        self.exponential = wait_exponential(multiplier=first, max=MAX_BACKOFF_S)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return float(retry_after)
+        return float(self.exponential(retry_state)) * (1 + random.random() / 4)  # noqa: S311
+
+
+def _log_retry(what: str, max_attempts: int, state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    log.warning(
+        "%s: %s (attempt %d/%d), retrying in %.1fs",
+        what,
+        _short(exc).removeprefix(f"{what}: ") if exc is not None else "no answer",
+        state.attempt_number,
+        max_attempts,
+        state.next_action.sleep if state.next_action is not None else 0.0,
+    )
 
 
 def _short(exc: BaseException) -> str:
