@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from tradebeat_pipeline.errors import Failed, Refused
 from tradebeat_pipeline.symbols import normalize_symbol
@@ -132,21 +132,34 @@ def day_range(start_text: str, end_text: str, today: date | None = None) -> tupl
 # -- the command line ------------------------------------------------------------------------
 
 
+# argparse names the type of add_subparsers() only privately; annotations alone use it.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tradebeat", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(title="commands")
+    _symbol_commands(commands)
+    _history_commands(commands)
+    _service_commands(commands)
+    return parser
 
-    def command(
-        group: "argparse._SubParsersAction[argparse.ArgumentParser]",
-        name: str,
-        run: str,
-        validate: Callable[[argparse.Namespace], None] = _nothing,
-        help: str = "",
-    ) -> argparse.ArgumentParser:
-        sub = group.add_parser(name, help=help)
-        sub.set_defaults(run=run, validate=validate)
-        return sub
 
+def command(
+    group: Subcommands,
+    name: str,
+    run: str,
+    validate: Callable[[argparse.Namespace], None] = _nothing,
+    help: str = "",
+) -> argparse.ArgumentParser:
+    """A command: `run` names its function as `module:function` under `cli/`, imported only once
+    `validate` has accepted the arguments."""
+    sub = group.add_parser(name, help=help)
+    sub.set_defaults(run=run, validate=validate)
+    return sub
+
+
+def _symbol_commands(commands: Subcommands) -> None:
     symbols = commands.add_parser("symbols", help="add, list or remove symbols")
     symbol_commands = symbols.add_subparsers(title="symbols commands")
     add = command(
@@ -169,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remove.add_argument("symbol", metavar="SYMBOL")
 
+
+def _history_commands(commands: Subcommands) -> None:
     backfill = command(
         commands,
         "backfill",
@@ -212,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--timeframe", choices=TIMEFRAMES, default="1m")
     export.add_argument("--out", required=True, type=Path, metavar="FILE.parquet")
 
+
+def _service_commands(commands: Subcommands) -> None:
     demo = command(
         commands,
         "demo",
@@ -243,7 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also list N made-up markets S000/USDT.. (for many-symbol benchmarks)",
     )
-    return parser
 
 
 def _range_arguments(parser: argparse.ArgumentParser) -> None:

@@ -52,16 +52,7 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(DEFAULT_DAGSTER_HOME / "dagster.yaml", home / "dagster.yaml")
     exchange_url = f"http://127.0.0.1:{args.exchange_port}"
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DB_PATH": str(PROJECT_DIR / "data" / "demo.sqlite"),
-        "BINANCE_API_URL": exchange_url,
-        "BINANCE_API_KEY": "",  # never send real keys to the sandbox
-        "BINANCE_SECRET_KEY": "",
-        "SYMBOLS": args.symbols,
-        "TRADEBEAT_ENV_FILE": str(home / "no.env"),  # the project's .env is for real Binance
-    }
+    env = _demo_environment(home, exchange_url, args.symbols)
     processes: list[subprocess.Popen[bytes]] = []
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # `kill` stops it as Ctrl-C does
         signal.signal(signum, _interrupt)
@@ -117,6 +108,20 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         _stop(processes)
     return EXIT_OK
+
+
+def _demo_environment(home: Path, exchange_url: str, symbols: str) -> dict[str, str]:
+    """Every demo process's environment: its own home and database, the sandbox, no real keys."""
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DB_PATH": str(PROJECT_DIR / "data" / "demo.sqlite"),
+        "BINANCE_API_URL": exchange_url,
+        "BINANCE_API_KEY": "",  # never send real keys to the sandbox
+        "BINANCE_SECRET_KEY": "",
+        "SYMBOLS": symbols,
+        "TRADEBEAT_ENV_FILE": str(home / "no.env"),  # the project's .env is for real Binance
+    }
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 from datetime import date, timedelta
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from tradebeat_pipeline import progress
 from tradebeat_pipeline.errors import Refused
@@ -15,6 +15,9 @@ from tradebeat_pipeline.quality import UNEXPLAINED, GapReport
 from tradebeat_pipeline.settings import Settings
 from tradebeat_pipeline.store import CandleStore, open_store
 from tradebeat_pipeline.timewindows import day_window, iso_utc, last_closed_minute, utc_day
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -58,14 +61,20 @@ def run_backfill(
     """Days start..end of one symbol as ONE run recorded in the instance, with a progress bar, and
     what it stored (or why it failed) in a few lines."""
     from tradebeat_pipeline.cli.runs import instance, materialize_history
-    from tradebeat_pipeline.defs.checks import GAPS_EXPLAINED, OHLC_VALID
-    from tradebeat_pipeline.defs.metadata import GapsMetadata, OhlcMetadata, RunMetadata
 
     out = out or sys.stdout
     days = (end - start).days + 1
     print(f"{symbol}: backfilling {start}..{end} ({days} day{'s' * (days != 1)}) as one run", file=out)
     with instance() as dagster, progress.shown():
         result = materialize_history(dagster, [symbol], start, end, rollups=rollups)
+    return _report(symbol, start, end, result, out)
+
+
+def _report(symbol: str, start: date, end: date, result: "dg.ExecuteInProcessResult", out: TextIO) -> int:
+    """What the run stored, in a few lines; a failed run or unexplained holes exit 1."""
+    from tradebeat_pipeline.defs.checks import GAPS_EXPLAINED, OHLC_VALID
+    from tradebeat_pipeline.defs.metadata import GapsMetadata, OhlcMetadata, RunMetadata
+
     if not result.success:
         errors = [
             e.step_failure_data.error.message.strip()
