@@ -5,6 +5,7 @@ Binance, or to any Binance-compatible server (the bundled sandbox) by swapping t
 """
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import ccxt.async_support as ccxt
 import numpy as np
 import pandas as pd
 
@@ -110,30 +110,38 @@ class Exchange(Protocol):
     async def close(self) -> None: ...
 
 
-class _Binance(ccxt.binance):  # type: ignore[misc]  # ccxt ships no type stubs
-    """ccxt's binance, throttled by the budget shared across processes instead of its own
-    per-process limiter, with the failing answer's Retry-After attached to the exception."""
+@functools.cache
+def _binance_class() -> type:
+    """ccxt is imported on first use, not with this module: the definitions load in every code
+    server the daemon starts (one a minute) and ccxt alone was ~1.5 s of CPU of each start."""
+    import ccxt.async_support as ccxt
 
-    budget: WeightBudget
-    exchange_info: dict[str, Any] | None = None  # the last exchangeInfo answer: its rateLimits
+    class _Binance(ccxt.binance):  # type: ignore[misc]  # ccxt ships no type stubs
+        """ccxt's binance, throttled by the budget shared across processes instead of its own
+        per-process limiter, with the failing answer's Retry-After attached to the exception."""
 
-    async def throttle(self, cost: float | None = None) -> None:
-        # ccxt calls this before every request it sends, with the endpoint's cost.
-        weight = max(1, round((1.0 if cost is None else float(cost)) * _CCXT_WEIGHT_PER_COST_UNIT))
-        await self.budget.spend(weight)
+        budget: WeightBudget
+        exchange_info: dict[str, Any] | None = None  # the last exchangeInfo answer: its rateLimits
 
-    async def fetch(self, url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
-        try:
-            answer = await super().fetch(url, method, headers, body)
-        except ccxt.BaseError as exc:
-            # No await lies between ccxt storing these headers and raising, so they are this answer's.
-            answer_headers = self.last_response_headers or {}
-            exc.retry_after = _retry_after_seconds(answer_headers)
-            raise
-        if urlsplit(url).path.endswith("/exchangeInfo") and isinstance(answer, dict):
-            # load_markets reads the markets from it and drops the rest; the budget is in the rest.
-            self.exchange_info = answer
-        return answer
+        async def throttle(self, cost: float | None = None) -> None:
+            # ccxt calls this before every request it sends, with the endpoint's cost.
+            weight = max(1, round((1.0 if cost is None else float(cost)) * _CCXT_WEIGHT_PER_COST_UNIT))
+            await self.budget.spend(weight)
+
+        async def fetch(self, url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
+            try:
+                answer = await super().fetch(url, method, headers, body)
+            except ccxt.BaseError as exc:
+                # No await lies between ccxt storing these headers and raising, so they are this answer's.
+                answer_headers = self.last_response_headers or {}
+                exc.retry_after = _retry_after_seconds(answer_headers)
+                raise
+            if urlsplit(url).path.endswith("/exchangeInfo") and isinstance(answer, dict):
+                # load_markets reads the markets from it and drops the rest; the budget is in the rest.
+                self.exchange_info = answer
+            return answer
+
+    return _Binance
 
 
 def _retry_after_seconds(headers: dict[str, str]) -> float | None:
@@ -186,7 +194,7 @@ class CcxtExchange:
             config["apiKey"] = api_key
         if secret_key:
             config["secret"] = secret_key
-        self._ccxt = _Binance(config)
+        self._ccxt = _binance_class()(config)
         # Until exchangeInfo declares the exchange's budget, assume Binance's.
         self.budget = WeightBudget(budget_path, DEFAULT_WEIGHT_PER_MINUTE * rate_budget_share, lane)
         self._ccxt.budget = self.budget
@@ -357,6 +365,8 @@ class CcxtExchange:
 
     async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
         """Run one request with the rate limiter, retrying transient failures with backoff."""
+        import ccxt.async_support as ccxt
+
         delay = self.backoff_s
         for attempt in range(1, self.max_attempts + 1):
             try:

@@ -6,7 +6,6 @@ them in place (a registered pandas frame is scanned without a copy).
 
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 
 from tradebeat_pipeline.candles import CANDLE_COLUMNS, DAY_MS, MINUTE_MS
@@ -37,6 +36,9 @@ def rollup(candles: pd.DataFrame, timeframe: str, start_ms: int, end_ms: int) ->
     """1-minute candles of one symbol rolled up to `timeframe` over [start_ms, end_ms), buckets
     aligned to UTC. Every bucket of the range appears, an empty one too (no prices, 0 minutes), and
     a bucket is complete only when every one of its minutes has a candle: nothing is hidden."""
+    import duckdb  # here, not at import: loading the definitions (every minute, in the daemon's new
+    # code server) does not need it
+
     bucket = bucket_ms(timeframe)
     start = start_ms - start_ms % bucket
     with duckdb.connect() as con:
@@ -59,6 +61,8 @@ def bucket_ms(timeframe: str) -> int:
 
 def export_parquet(frame: pd.DataFrame, path: Path) -> int:
     """Write a frame as zstd Parquet with DuckDB; returns the file's size in bytes."""
+    import duckdb
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with duckdb.connect() as con:
         con.register("frame", frame)
