@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import idle_cpu
 
-from tradebeat_pipeline.candles import DAY_MS
+from tradebeat_pipeline.timewindows import DAY_MS
 from tradebeat_pipeline.sandbox.market_data import replay_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 
@@ -178,7 +178,7 @@ def home_env(where: Path, url: str, **extra: str) -> dict[str, str]:
     home = where / "home"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT / "dagster_home" / "dagster.yaml", home)
-    env = idle_cpu.daemon_env(home, where)
+    env: dict[str, str] = idle_cpu.daemon_env(home, where)
     env.update({"BINANCE_API_URL": url, "PYTHONDONTWRITEBYTECODE": "1", "LOG_LEVEL": "WARNING", **extra})
     return env
 
