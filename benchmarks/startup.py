@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import idle_cpu
 
-from tradebeat_pipeline.timewindows import DAY_MS
 from tradebeat_pipeline.sandbox.market_data import replay_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
+from tradebeat_pipeline.timewindows import DAY_MS
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
