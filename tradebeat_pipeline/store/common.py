@@ -40,11 +40,15 @@ _C = TypeVar("_C", bound=type)
 
 
 def driver_errors_reported(
-    errors: type[BaseException] | tuple[type[BaseException], ...], where: Callable[[Any], str]
+    errors: type[BaseException] | tuple[type[BaseException], ...],
+    where: Callable[[Any], str],
+    *,
+    secret: Callable[[Any], str | None] = lambda store: None,
 ) -> Callable[[_C], _C]:
     """A class decorator wrapping every public method so the driver's `errors` become a `StoreError`
     that names the database (`where(store)`) and the method: callers catch `StoreError` and never
-    import a driver, and a method added later is covered without remembering to."""
+    import a driver, and a method added later is covered without remembering to. `secret(store)`
+    (a password) is blanked out of the driver's message should it ever appear there."""
 
     def reported(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
         @functools.wraps(method)
@@ -52,7 +56,10 @@ def driver_errors_reported(
             try:
                 return method(self, *args, **kwargs)
             except errors as exc:
-                raise StoreError(f"{where(self)}: {method.__name__} failed: {exc}") from exc
+                message, hidden = str(exc), secret(self)
+                if hidden:
+                    message = message.replace(hidden, "***")
+                raise StoreError(f"{where(self)}: {method.__name__} failed: {message}") from exc
 
         return wrapper
 
