@@ -161,7 +161,7 @@ def database_checksum(db_path: Path) -> str:
 
 # -- a real PostgreSQL server -------------------------------------------------------------------
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's postgresql package; PATH may not name it
+PG_LIB = Path("/usr/lib/postgresql")  # Debian's postgresql package: <version>/bin, not on PATH
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,10 @@ class PostgresServer:
 
 
 def _pg_tool(name: str) -> str:
-    found = shutil.which(name) or (str(PG_BIN / name) if (PG_BIN / name).exists() else None)
+    installed = sorted(
+        PG_LIB.glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0
+    )
+    found = shutil.which(name) or (str(installed[-1]) if installed else None)
     if found is None:
         pytest.fail(f"PostgreSQL's {name} is not installed (Debian: apt-get install postgresql)", False)
     return found

@@ -4,14 +4,17 @@ concurrent writers from other connections, and messages that never show the pass
 import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
 
-from tradebeat_pipeline.store import StoreError, UpsertResult
+from tradebeat_pipeline.settings import Settings, SettingsError
+from tradebeat_pipeline.store import StoreError, UpsertResult, open_store
 from tradebeat_pipeline.store import postgres as pg_module
 from tradebeat_pipeline.store.postgres import SCHEMA_VERSION, VERSION_TABLE, PostgresStore
+from tradebeat_pipeline.store.sqlite import SQLiteStore
 from tradebeat_pipeline_tests.conftest import PostgresServer
 from tradebeat_pipeline_tests.store.test_sqlite import CALLS, DAY1, candles
 
@@ -123,3 +126,31 @@ def test_every_method_reports_a_database_emptied_under_it_as_a_store_error(
     where = re.escape(store.where)
     with pytest.raises(StoreError, match=rf'^{where}: \w+ failed: relation "\w+" does not exist'):
         CALLS[name](store)
+
+
+def test_database_url_in_the_settings_selects_the_postgres_store(postgres_url: str, tmp_path: Path) -> None:
+    unused = tmp_path / "unused.sqlite"
+    settings = Settings.from_mapping({"DATABASE_URL": postgres_url, "DB_PATH": str(unused)})
+    with open_store(settings) as store:
+        assert isinstance(store, PostgresStore)
+        store.register_symbol("BTC/USDT")
+    assert not unused.exists()
+
+
+def test_without_database_url_the_settings_keep_the_sqlite_file(tmp_path: Path) -> None:
+    with open_store(Settings.from_mapping({"DB_PATH": str(tmp_path / "candles.sqlite")})) as store:
+        assert isinstance(store, SQLiteStore)
+        store.register_symbol("BTC/USDT")
+    assert (tmp_path / "candles.sqlite").exists()
+
+
+def test_a_database_url_that_is_not_postgres_is_refused_without_echoing_it() -> None:
+    with pytest.raises(SettingsError, match="DATABASE_URL must be a postgresql://") as raised:
+        Settings.from_mapping({"DATABASE_URL": "mysql://me:s3cret-pw@db/candles"})
+    assert "s3cret-pw" not in str(raised.value)
+
+
+def test_the_database_password_is_redacted_from_the_logs() -> None:
+    settings = Settings.from_mapping({"DATABASE_URL": "postgresql://me:s3cret-pw@db.example/candles"})
+    assert settings.database_password() == "s3cret-pw"
+    assert "s3cret-pw" not in repr(settings)
