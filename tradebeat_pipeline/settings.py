@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         alias="DB_PATH",
         description="SQLite file of the candle store (relative paths are taken from the project folder).",
     )
+    database_url: SecretStr | None = Field(
+        None,
+        alias="DATABASE_URL",
+        description="PostgreSQL URL of a candle store shared by several machines "
+        "(postgresql://user:password@host:port/database); when set it is used instead of the SQLite "
+        "file at DB_PATH. Messages name its host and database only, never the password.",
+    )
     backfill_minutes: int = Field(
         1440,
         ge=1,
@@ -241,6 +248,14 @@ class Settings(BaseSettings):
             )
         return f"{parts.scheme}://{parts.netloc}"
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and urlsplit(url.get_secret_value()).scheme not in ("postgresql", "postgres"):
+            # Not the value itself: it may hold a password.
+            raise ValueError("DATABASE_URL must be a postgresql://user:password@host:port/database URL")
+        return url
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level(cls, raw: Any) -> Any:
@@ -280,8 +295,17 @@ class Settings(BaseSettings):
             level=self.log_level,
             max_bytes=self.log_max_bytes,
             backups=self.log_backups,
-            secrets=[key.get_secret_value() for key in (self.api_key, self.secret_key) if key is not None],
+            secrets=[
+                *(key.get_secret_value() for key in (self.api_key, self.secret_key) if key is not None),
+                *([password] if (password := self.database_password()) else []),
+            ],
         )
+
+    def database_password(self) -> str | None:
+        """The password inside DATABASE_URL, so logs can redact it wherever it might appear."""
+        if self.database_url is None:
+            return None
+        return urlsplit(self.database_url.get_secret_value()).password
 
 
 def default(name: str) -> Any:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real sandbox exchange over HTTP, a fresh SQLite file, a temporary Dagster home.
+"""Shared fixtures: the real sandbox exchange over HTTP, a fresh SQLite file, a temporary Dagster home,
+and a real PostgreSQL server with a fresh database per test.
 
 Nothing here is a mock: ccxt talks HTTP to the sandbox, the store writes a real file, and runs are
 recorded in a real Dagster instance. Only the exchange's clock is set by hand.
@@ -6,10 +7,16 @@ recorded in a real Dagster instance. Only the exchange's clock is set by hand.
 
 import gzip
 import hashlib
+import os
 import shutil
+import socket
 import sqlite3
+import subprocess
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -150,3 +157,89 @@ def database_checksum(db_path: Path) -> str:
                 digest.update(repr(row).encode())
     conn.close()
     return digest.hexdigest()
+
+
+# -- a real PostgreSQL server -------------------------------------------------------------------
+
+PG_LIB = Path("/usr/lib/postgresql")  # Debian's postgresql package: <version>/bin, not on PATH
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """A throwaway cluster on 127.0.0.1 with trust authentication for its one superuser."""
+
+    port: int
+    user: str = "tradebeat"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+
+def _pg_tool(name: str) -> str:
+    installed = sorted(
+        PG_LIB.glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0
+    )
+    found = shutil.which(name) or (str(installed[-1]) if installed else None)
+    if found is None:
+        pytest.fail(f"PostgreSQL's {name} is not installed (Debian: apt-get install postgresql)", False)
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """initdb + pg_ctl start in a temporary folder, as the unprivileged `postgres` user when run as
+    root (PostgreSQL refuses to run as root). Durability is switched off: tests never crash it. A
+    server that cannot start fails the tests that need it, with initdb's or the server's own words."""
+    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
+    root = Path(tempfile.mkdtemp(prefix="tradebeat-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, log = root / "data", root / "server.log"
+    server = PostgresServer(_free_port())
+    options = f"-h 127.0.0.1 -p {server.port} -k {root} -F -c synchronous_commit=off -c full_page_writes=off"
+    steps = [
+        [initdb, "-D", str(data), "-A", "trust", "-U", server.user, "-E", "UTF8", "--no-sync"],
+        [pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "120", "start"],
+    ]
+    try:
+        for step in steps:
+            done = subprocess.run([*as_user, *step], cwd=root, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                tail = log.read_text()[-2000:] if log.exists() else ""
+                pytest.fail(
+                    f"the PostgreSQL test server could not start: {Path(step[0]).name} exited with "
+                    f"{done.returncode}: {done.stderr.strip()[-2000:]} {tail}",
+                    pytrace=False,
+                )
+        yield server
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(
+                [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+                cwd=root,
+                capture_output=True,
+                check=False,
+            )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's server, dropped after the test."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.url(), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield postgres_server.url(name)
+    with psycopg.connect(postgres_server.url(), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

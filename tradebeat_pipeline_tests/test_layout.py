@@ -22,6 +22,8 @@ PURE_MODULES = (
     "tradebeat_pipeline.exchange.binance",
     "tradebeat_pipeline.store",
     "tradebeat_pipeline.store.sqlite",
+    "tradebeat_pipeline.store.postgres",
+    "tradebeat_pipeline.store.common",
     "tradebeat_pipeline.ingest",
     "tradebeat_pipeline.timewindows",
     "tradebeat_pipeline.quality",

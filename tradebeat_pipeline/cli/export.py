@@ -24,7 +24,7 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
     window = (day_window(start)[0], min(day_window(end)[1], last_closed_minute()))
     chunks = [(a, min(a + READ_CHUNK_MS, window[1])) for a in range(window[0], window[1], READ_CHUNK_MS)]
     frames = []
-    with open_store(settings.db_path) as store, progress.shown():
+    with open_store(settings) as store, progress.shown():
         progress.begin(f"{symbol}: reading candles", total=len(chunks))
         for a, b in chunks:  # an unknown symbol is refused (UnknownSymbol is a Refused)
             frames.append(store.read_candles(symbol, a, b))

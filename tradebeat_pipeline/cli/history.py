@@ -29,7 +29,7 @@ def backfill(args: argparse.Namespace, settings: Settings) -> int:
     symbol: str = args.symbol
     start: date = args.start
     end: date = args.end
-    with open_store(settings.db_path) as store:
+    with open_store(settings) as store:
         if symbol not in store.active_symbols():
             raise Refused(f"{symbol} is not registered; run `tradebeat symbols add {symbol}` first")
     with instance() as dagster:
@@ -131,7 +131,7 @@ def gaps(args: argparse.Namespace, settings: Settings) -> int:
     symbol: str = args.symbol
     start: date = args.start
     end: date = args.end
-    with open_store(settings.db_path) as store:
+    with open_store(settings) as store:
         report = gap_report(store, symbol, start, end)
         active = symbol in store.active_symbols()
     if args.repair and report.unexplained:
@@ -141,7 +141,7 @@ def gaps(args: argparse.Namespace, settings: Settings) -> int:
         last = utc_day(max(h.end for h in report.holes if h.kind in UNEXPLAINED))
         # In JSON mode stdout carries only the report.
         run_backfill(symbol, first, last, rollups=True, out=sys.stderr if args.json else sys.stdout)
-        with open_store(settings.db_path) as store:
+        with open_store(settings) as store:
             report = gap_report(store, symbol, start, end)
     if args.json:
         print(json.dumps(report.as_json(), separators=(",", ":")))

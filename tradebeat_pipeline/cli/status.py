@@ -21,11 +21,11 @@ from tradebeat_pipeline.timewindows import iso_utc
 def status(args: argparse.Namespace, settings: Settings) -> int:
     now_s = time.time()
     now_ms = int(now_s * 1000)
-    if not settings.db_path.exists():
+    if settings.database_url is None and not settings.db_path.exists():
         print(f"tradebeat: UNKNOWN: DB_PATH {settings.db_path} does not exist", file=sys.stderr)
         return int(health.Health.UNKNOWN)
     try:
-        with open_store(settings.db_path) as store:
+        with open_store(settings) as store:
             symbols = [health.symbol_health(store, s, now_ms) for s in sorted(store.active_symbols())]
         with instance() as dagster:
             beats = [

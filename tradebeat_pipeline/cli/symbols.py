@@ -33,7 +33,7 @@ def add(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(_validate_on_exchange(symbols))
     except ExchangeFailure as exc:
         raise Refused(f"{exc}; no symbol was added") from exc
-    with open_store(settings.db_path) as store:
+    with open_store(settings) as store:
         for symbol in symbols:
             store.register_symbol(symbol)
     with instance() as dagster:
@@ -46,7 +46,7 @@ def add(args: argparse.Namespace, settings: Settings) -> int:
 
 def list_(args: argparse.Namespace, settings: Settings) -> int:
     active = None if args.all else not args.inactive
-    with open_store(settings.db_path) as store:
+    with open_store(settings) as store:
         rows = store.list_symbols(active=active)
     if args.json:
         listed = [
@@ -81,7 +81,7 @@ def remove(args: argparse.Namespace, settings: Settings) -> int:
     from tradebeat_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
 
     symbol: str = args.symbol
-    with open_store(settings.db_path) as store:
+    with open_store(settings) as store:
         if symbol not in store.active_symbols():
             raise Refused(f"{symbol} is not an active symbol; nothing was changed")
         store.deactivate_symbol(symbol)

@@ -60,9 +60,9 @@ class ExchangeResource(dg.ConfigurableResource):
 
 
 class StoreResource(dg.ConfigurableResource):
-    """The candle store at DB_PATH (or `db_path` when set)."""
+    """The candle store DATABASE_URL or DB_PATH names (or the SQLite file `db_path` when set)."""
 
     db_path: str | None = None
 
     def open(self) -> CandleStore:
-        return open_store(Path(self.db_path) if self.db_path else Settings.load().db_path)
+        return open_store(Path(self.db_path) if self.db_path else Settings.load())

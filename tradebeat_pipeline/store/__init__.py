@@ -2,24 +2,28 @@
 and rollups need from a store, the values it hands back, and its errors.
 
 `CandleStore` is the interface every caller depends on; `sqlite.SQLiteStore` is the embedded
-implementation, and `open_store` picks the one the settings name. Every line of SQL of the project
+implementation, `postgres.PostgresStore` the shared one, and `open_store` picks the one the settings
+name (DATABASE_URL set: PostgreSQL). Every line of SQL of the project
 lives in this package.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 import pandas as pd
 
 from tradebeat_pipeline.errors import Failed, Refused
 from tradebeat_pipeline.quality import Coverage, GapReport, Hole
 
+if TYPE_CHECKING:
+    from tradebeat_pipeline.settings import Settings
+
 
 class StoreError(Failed, RuntimeError):
     """The database cannot be used as a tradebeat store (wrong file, newer schema, read-only, or the
-    driver failed): the message names DB_PATH and the problem."""
+    driver failed): the message names DB_PATH (or DATABASE_URL's host and database) and the problem."""
 
 
 class UnknownSymbol(Refused, LookupError):
@@ -127,8 +131,21 @@ class CandleStore(Protocol):
         """Stored buckets of a timeframe with open time in [start_ms, end_ms), oldest first."""
 
 
-def open_store(db_path: Path) -> CandleStore:
-    """The store at DB_PATH (SQLite, the embedded default)."""
+def open_store(where: "Path | Settings", database_url: str | None = None) -> CandleStore:
+    """The store the settings name: PostgreSQL when DATABASE_URL (or `database_url`) is set, else the
+    SQLite file at DB_PATH (or at the path given, as callers that pass a path expect)."""
+    from tradebeat_pipeline.settings import Settings
+
+    if isinstance(where, Settings):
+        db_path = where.db_path
+        if database_url is None and where.database_url is not None:
+            database_url = where.database_url.get_secret_value()
+    else:
+        db_path = Path(where)
+    if database_url:
+        from tradebeat_pipeline.store.postgres import PostgresStore
+
+        return PostgresStore(database_url)
     from tradebeat_pipeline.store.sqlite import SQLiteStore
 
     return SQLiteStore(db_path)

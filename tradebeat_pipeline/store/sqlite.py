@@ -1,32 +1,17 @@
 """The embedded candle store: SQLite in WAL mode, one transaction per write (no Dagster inside)."""
 
-import functools
-import inspect
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from tradebeat_pipeline.candles import CANDLE_COLUMNS, PRICE_COLUMNS, empty_candles
-from tradebeat_pipeline.quality import (
-    GAP_KINDS,
-    Coverage,
-    GapKind,
-    GapReport,
-    Hole,
-    classify,
-    gap_report,
-    merge_adjacent,
-    missing_runs,
-    outside,
-)
+from tradebeat_pipeline.quality import GAP_KINDS, Coverage, GapReport, Hole, gap_report
 from tradebeat_pipeline.rollups import ROLLUP_COLUMNS, ROLLUP_TIMEFRAMES
 from tradebeat_pipeline.store import (
     CandleStore,
@@ -36,7 +21,19 @@ from tradebeat_pipeline.store import (
     UnknownSymbol,
     UpsertResult,
 )
-from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc
+from tradebeat_pipeline.store.common import (
+    STORE_TABLES,
+    VALUE_COLUMNS,
+    created_now,
+    diff_candles,
+    driver_errors_reported,
+    gap_kind,
+    listed_start,
+    log_corrections,
+    plan_holes,
+    time_range,
+    touching_window,
+)
 
 log = logging.getLogger("tradebeat.store")
 
@@ -112,16 +109,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (_ROLLUPS_TABLE,),
 }
 
-_VALUE_COLUMNS = CANDLE_COLUMNS[1:]
 _INSERT_COLUMNS = ("symbol_id", *CANDLE_COLUMNS, "ingested_at")
 # Only rows whose values differ are rewritten, so an unchanged row keeps its first `ingested_at`.
 _UPSERT_SQL = (
     f"INSERT INTO price_data ({', '.join(_INSERT_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)}) "
     "ON CONFLICT(symbol_id, timestamp) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in (*_VALUE_COLUMNS, "ingested_at"))
+    + ", ".join(f"{c} = excluded.{c}" for c in (*VALUE_COLUMNS, "ingested_at"))
     + " WHERE "
-    + " OR ".join(f"price_data.{c} IS NOT excluded.{c}" for c in _VALUE_COLUMNS)
+    + " OR ".join(f"price_data.{c} IS NOT excluded.{c}" for c in VALUE_COLUMNS)
 )
 _SELECT_RANGE_SQL = (
     f"SELECT {', '.join(CANDLE_COLUMNS)} FROM price_data "
@@ -140,12 +136,6 @@ _HALTED_SQL = (
 )
 
 
-def _kind(text: str) -> GapKind:
-    if text not in GAP_KINDS:
-        raise StoreError(f"gaps table holds an unknown kind {text!r}")
-    return text
-
-
 _UPSERT_ROLLUP_SQL = (
     f"INSERT INTO rollups (symbol_id, timeframe, {', '.join(ROLLUP_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in range(len(ROLLUP_COLUMNS) + 2))}) "
@@ -154,37 +144,8 @@ _UPSERT_ROLLUP_SQL = (
 )
 
 
-_R = TypeVar("_R")
-_P = ParamSpec("_P")
-_C = TypeVar("_C", bound=type)
-
-
-def _reported(
-    method: Callable[Concatenate["SQLiteStore", _P], _R],
-) -> Callable[Concatenate["SQLiteStore", _P], _R]:
-    """The method, with the driver's exceptions turned into a `StoreError` naming DB_PATH: callers
-    catch `StoreError` and never need to import sqlite3."""
-
-    @functools.wraps(method)
-    def reported(self: "SQLiteStore", /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise StoreError(f"DB_PATH {self.path}: {method.__name__} failed: {exc}") from exc
-
-    return reported
-
-
-def _driver_errors_reported(cls: _C) -> _C:
-    """Wrap every public method in `_reported`, the one place the driver's exceptions stop, so a
-    method added later is covered without remembering to."""
-    for name, attr in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.isfunction(attr):
-            setattr(cls, name, _reported(attr))
-    return cls
-
-
-@_driver_errors_reported
+# sqlite3's exceptions stop at every public method, as a StoreError naming DB_PATH.
+@driver_errors_reported(sqlite3.Error, lambda store: f"DB_PATH {store.path}")
 class SQLiteStore:
     """SQLite in WAL mode: readers never block the writer, one transaction per write."""
 
@@ -265,8 +226,9 @@ class SQLiteStore:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 foreign = conn.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE name NOT IN "
-                    "('symbols', 'price_data', 'candles', 'gaps', 'rollups')"
+                    f"SELECT count(*) FROM sqlite_master WHERE name NOT IN "
+                    f"({', '.join('?' for _ in STORE_TABLES)})",
+                    STORE_TABLES,
                 ).fetchone()[0]
                 if foreign:
                     raise StoreError(
@@ -315,7 +277,7 @@ class SQLiteStore:
 
     def register_symbol(self, symbol: str) -> int:
         """Add a symbol, or reactivate it; its stored data is kept either way."""
-        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created = created_now()
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO symbols (symbol, created_at, is_active) VALUES (?, ?, 1) "
@@ -382,37 +344,29 @@ class SQLiteStore:
                     result.inserted, result.updated, result.unchanged, result.corrected, holes
                 )
                 results[write.symbol] = results.get(write.symbol, UpsertResult()) + result
-        for symbol, result in results.items():
-            if result.corrected:
-                log.warning(
-                    "%s: exchange corrected %d stored candle(s): %s",
-                    symbol,
-                    len(result.corrected),
-                    ", ".join(iso_utc(ts) for ts in result.corrected[:10]),
-                )
+        log_corrections(results)
         return results
 
     def _record_holes(
         self, conn: sqlite3.Connection, sid: int, cov: Coverage, listed: int | None, now: int
     ) -> list[Hole]:
         """Replace what is recorded inside the fetched window with what this fetch showed."""
-        start = cov.start if listed is None else max(cov.start, listed)
-        touching = self._holes(conn, sid, cov.start - MINUTE_MS, cov.end + MINUTE_MS)
+        touching = self._holes(conn, sid, *touching_window(cov))
+        start = listed_start(cov.start, listed)
         ts = np.array([r[0] for r in conn.execute(_SELECT_TIMES_SQL, (sid, start, cov.end))], dtype=np.int64)
 
         def is_stored(ms: int) -> bool:
             return conn.execute(_STORED_SQL, (sid, ms)).fetchone() is not None
 
-        new = classify(missing_runs(ts, start, cov.end), cov, touching, is_stored=is_stored, now_ms=now)
-        rows = merge_adjacent([*outside(touching, cov.start, cov.end), *new])
+        plan = plan_holes(cov, listed, touching, ts, is_stored=is_stored, now_ms=now)
         conn.executemany(
             "DELETE FROM gaps WHERE symbol_id = ? AND start = ?", [(sid, h.start) for h in touching]
         )
         conn.executemany(
             'INSERT INTO gaps (symbol_id, start, "end", kind, detected_at) VALUES (?, ?, ?, ?, ?)',
-            [(sid, h.start, h.end, h.kind, h.detected_at) for h in rows],
+            [(sid, h.start, h.end, h.kind, h.detected_at) for h in plan.rows],
         )
-        return new
+        return plan.new
 
     def _holes(self, conn: sqlite3.Connection, sid: int, start_ms: int, end_ms: int) -> list[Hole]:
         rows = conn.execute(
@@ -420,7 +374,7 @@ class SQLiteStore:
             'WHERE symbol_id = ? AND start < ? AND "end" >= ? ORDER BY start',
             (sid, end_ms, start_ms),
         ).fetchall()
-        return [Hole(int(a), int(b), _kind(k), int(d)) for a, b, k, d in rows]
+        return [Hole(int(a), int(b), gap_kind(k), int(d)) for a, b, k, d in rows]
 
     def holes(self, symbol: str, start_ms: int, end_ms: int) -> list[Hole]:
         """Recorded holes overlapping [start_ms, end_ms)."""
@@ -431,7 +385,7 @@ class SQLiteStore:
         (minutes before the exchange's first candle are not expected)."""
         sid = self._symbol_id(symbol)
         listed = self.conn.execute("SELECT first_candle_ms FROM symbols WHERE id = ?", (sid,)).fetchone()[0]
-        start = start_ms if listed is None else max(start_ms, int(listed))
+        start = listed_start(start_ms, listed)
         end = max(start, end_ms)
         ts = np.array([r[0] for r in self.conn.execute(_SELECT_TIMES_SQL, (sid, start, end))], dtype=np.int64)
         halted = self.conn.execute(_HALTED_SQL, (sid, start, end)).fetchone()[0]
@@ -458,34 +412,9 @@ class SQLiteStore:
     ) -> UpsertResult:
         if candles.empty:
             return UpsertResult()
-        candles = candles.loc[:, list(CANDLE_COLUMNS)]
-        ts = candles["timestamp"].to_numpy(dtype=np.int64)
-        lo, hi = int(ts.min()), int(ts.max()) + 1
-        existing = self._read(conn, sid, lo, hi)
-        if existing.empty:
-            to_write = candles
-            inserted, corrected = len(candles), []
-        else:
-            merged = candles.merge(
-                existing, on="timestamp", how="left", suffixes=("", "_old"), indicator=True
-            )
-            is_new = (merged["_merge"] == "left_only").to_numpy()
-            differs = np.zeros(len(merged), dtype=bool)
-            for c in _VALUE_COLUMNS:
-                new, old = merged[c], merged[f"{c}_old"]
-                same = (new == old).fillna(False) | (new.isna() & old.isna())
-                differs |= ~same.to_numpy(dtype=bool)
-            changed = differs & ~is_new
-            to_write = candles[is_new | changed]
-            inserted = int(is_new.sum())
-            corrected = merged.loc[changed, "timestamp"].astype(int).tolist()
-        conn.executemany(_UPSERT_SQL, _rows(sid, to_write, ingested_at))
-        return UpsertResult(
-            inserted=inserted,
-            updated=len(corrected),
-            unchanged=len(candles) - inserted - len(corrected),
-            corrected=corrected,
-        )
+        diff = diff_candles(candles, self._read(conn, sid, *time_range(candles)))
+        conn.executemany(_UPSERT_SQL, _rows(sid, diff.to_write, ingested_at))
+        return diff.result
 
     def read_candles(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """Candles with open time in [start_ms, end_ms), oldest first."""
