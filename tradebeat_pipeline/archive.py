@@ -189,7 +189,9 @@ def parse_archive_csv(text: str, file: ArchiveFile) -> tuple[pd.DataFrame, int]:
             raise ArchiveRefused(file, f"kline #{i} has {len(row)} fields, not {ARCHIVE_COLUMNS}")
     # A field left empty is a value the source lacks, as REST's null: the parser keeps an optional
     # one missing and refuses a required one.
-    klines: list[Any] = [[v or None for v in row] if "" in row else row for row in rows]
+    klines: list[Any] = rows
+    if ",," in text or ",\n" in text or ",\r" in text or "\n," in text or text[:1] == "," or text[-1:] == ",":
+        klines = [[v or None for v in row] if "" in row else row for row in rows]
     try:
         candles, close_times = parse_klines(klines, where=file.name)
     except MalformedAnswer as exc:
