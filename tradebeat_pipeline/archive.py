@@ -50,7 +50,7 @@ _MARKET = re.compile(r"[A-Z0-9]+")
 _CHECKSUM = re.compile(r"([0-9a-fA-F]{64})\s+\*?(\S+)")
 _CHECKSUM_MAX_BYTES = 4096
 _CHUNK_BYTES = 1 << 16
-# The longest wait between two tries of a download (before tenacity's cap is reached, doubling).
+# The longest wait between two tries of a download (the wait doubles up to it, as for REST).
 MAX_BACKOFF_S = 30.0
 
 
