@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         description="Base URL of a Binance-compatible REST server (scheme://host[:port]); "
         "point it at the sandbox exchange (`uv run tradebeat sandbox`) to run offline.",
     )
+    archive_url: str | None = Field(
+        "https://data.binance.vision",
+        alias="BINANCE_ARCHIVE_URL",
+        description="Base URL of Binance's public kline archives (daily and monthly zip files, "
+        "scheme://host[/path]); history is read from them before the REST API, which then only fills "
+        "the days no archive covers. `off` turns the archives off (everything from REST).",
+    )
     api_key: SecretStr | None = Field(
         None,
         alias="BINANCE_API_KEY",
@@ -255,6 +262,19 @@ class Settings(BaseSettings):
             # Not the value itself: it may hold a password.
             raise ValueError("DATABASE_URL must be a postgresql://user:password@host:port/database URL")
         return url
+
+    @field_validator("archive_url")
+    @classmethod
+    def _archive_url(cls, raw: str | None) -> str | None:
+        if raw is None or raw.lower() == "off":
+            return None
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(
+                "BINANCE_ARCHIVE_URL must be an http(s) base URL such as https://data.binance.vision, "
+                f"or off, got {raw!r}"
+            )
+        return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
     @field_validator("log_level", mode="before")
     @classmethod

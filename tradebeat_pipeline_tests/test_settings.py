@@ -131,3 +131,27 @@ def test_env_example_shows_the_declared_defaults() -> None:
 
 def test_every_setting_is_documented_in_its_declaration() -> None:
     assert all(info.description for info in Settings.model_fields.values())
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "https://data.binance.vision"),
+        ("", "https://data.binance.vision"),  # blank is unset, as for every setting
+        ("off", None),
+        (" OFF ", None),
+        ("http://127.0.0.1:18081/", "http://127.0.0.1:18081"),
+        ("https://mirror.example/binance/", "https://mirror.example/binance"),
+    ],
+)
+def test_the_archive_url_defaults_to_binance_and_off_turns_the_archives_off(
+    value: str | None, expected: str | None
+) -> None:
+    given = {} if value is None else {"BINANCE_ARCHIVE_URL": value}
+    assert Settings.from_mapping(given).archive_url == expected
+
+
+@pytest.mark.parametrize("value", ["data.binance.vision", "ftp://data.binance.vision", "https://x/?a=1"])
+def test_a_bad_archive_url_is_refused_naming_the_variable(value: str) -> None:
+    with pytest.raises(SettingsError, match="BINANCE_ARCHIVE_URL must be an http"):
+        Settings.from_mapping({"BINANCE_ARCHIVE_URL": value})

@@ -3,6 +3,9 @@
 Enough of `/api/v3` for ccxt: ping, time, exchangeInfo, klines, ticker/24hr. Like Binance it serves
 the current minute as a partial, still-changing candle, counts request weight per minute, and answers
 an unknown symbol with HTTP 400 code -1121. Faults can be injected to prove the client survives them.
+
+On the same port it serves Binance's public kline archives (`/data/spot/...`, see `sandbox/archive.py`),
+which, as on Binance's own archive host, carry no request weight.
 """
 
 import asyncio
@@ -17,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tradebeat_pipeline.sandbox.archive import ArchiveShelf, locate, published
 from tradebeat_pipeline.sandbox.market_data import (
     Kline,
     Market,
@@ -84,6 +88,7 @@ class Sandbox:
     klines_log: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, answer)
     weight_log: list[tuple[float, int]] = field(default_factory=list)  # (epoch s, weight) counted
     rejected_for_weight: int = 0  # requests answered 429 because the minute's budget was spent
+    archives: ArchiveShelf = field(default_factory=ArchiveShelf)  # archive files, their faults and log
     _rng: random.Random = field(default_factory=lambda: random.Random(0))  # noqa: S311 (not crypto)
     _generation: int = 0
     _weight_minute: int = 0
@@ -117,6 +122,7 @@ class Sandbox:
             self.rejected_for_weight = 0
             self._weight_minute, self._weight_used = 0, 0  # a new test starts with a fresh minute
             self.requests.clear()
+        self.archives.clear()
 
     def inject(
         self,
@@ -197,10 +203,14 @@ class Sandbox:
         app.router.add_get("/api/v3/exchangeInfo", self.exchange_info)
         app.router.add_get("/api/v3/klines", self.klines)
         app.router.add_get("/api/v3/ticker/24hr", self.ticker_24hr)
+        app.router.add_get("/data/spot/{kind}/klines/{market}/1m/{file}", self.archive)
         return app
 
     @web.middleware
     async def _count_weight(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/data/"):  # the archives: another host on Binance, no weight
+            archive: web.StreamResponse = await handler(request)
+            return archive
         endpoint = request.path.removeprefix("/api/v3/")
         self.requests[endpoint] += 1
         wait = self._spend(WEIGHTS.get(endpoint, 1))
@@ -285,6 +295,31 @@ class Sandbox:
         elif fault is not None:
             return _faulty(fault, rows)
         return web.Response(text=json.dumps(rows, separators=(",", ":")), content_type="application/json")
+
+    async def archive(self, request: web.Request) -> web.Response:
+        """A published archive file or its CHECKSUM; 404 (as Binance's archive host) for anything else."""
+        wanted = locate(request.match_info["kind"], request.match_info["market"], request.match_info["file"])
+        market = self.markets.get(wanted.market) if wanted is not None else None
+        if wanted is None or market is None:
+            return web.Response(status=404, text="404: Not Found")
+        fault = self.archives.take_fault(wanted)
+        if fault == "slow":
+            await self._stall()
+        elif fault == "not_found":
+            return web.Response(status=404, text="404: Not Found")
+        elif fault == "http_500":
+            return web.Response(status=500, text="500: Internal Server Error")
+        if not published(wanted, self.clock.now_ms()):
+            return web.Response(status=404, text="404: Not Found")
+        variant = fault if fault in ("checksum_mismatch", "truncated", "header", "bad_row") else None
+        # A month of candles takes a moment to build: off the loop, so REST answers go on meanwhile.
+        built = await asyncio.to_thread(self.archives.build, market.series, wanted, variant)
+        if built is None:
+            return web.Response(status=404, text="404: Not Found")
+        body, checksum = built
+        if wanted.checksum:
+            return web.Response(text=checksum, content_type="text/plain")
+        return web.Response(body=body, content_type="application/zip")
 
     async def ticker_24hr(self, request: web.Request) -> web.Response:
         raw = request.query.get("symbols")
