@@ -37,6 +37,9 @@ PURE_MODULES = (
     "tradebeat_pipeline.heartbeat",
     "tradebeat_pipeline.health",
     "tradebeat_pipeline.retention",
+    "tradebeat_pipeline.archive",
+    "tradebeat_pipeline.progress",
+    "tradebeat_pipeline.errors",
 )
 
 DRIVERS = re.compile(r"^(?:sqlite3|psycopg\d*|adbc\w*)$")
