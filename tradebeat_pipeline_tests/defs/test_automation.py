@@ -11,7 +11,7 @@ import pytest
 from tradebeat_pipeline.budget import Lane, WeightBudget, ledger_path
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.definitions import defs
-from tradebeat_pipeline.defs.automation import heartbeat, symbols_sensor
+from tradebeat_pipeline.defs.automation import chart_schedule, heartbeat, symbols_sensor
 from tradebeat_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
 from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
@@ -274,3 +274,15 @@ def test_hostile_symbols_from_the_setting_and_the_ui_are_refused_and_change_no_s
     assert sorted(deleted(result)) == sorted(HOSTILE[3:])
     assert not result.run_requests and not added(result)
     assert database_checksum(env) == before
+
+
+def test_the_chart_waits_for_a_first_symbol(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    """On an idle system the chart run could only fail ("no candles stored yet"): it is skipped."""
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    )
+    assert isinstance(chart_schedule(context), dg.SkipReason)
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    assert isinstance(chart_schedule(context), dg.RunRequest)
