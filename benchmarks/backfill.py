@@ -1,6 +1,6 @@
 """Backfill throughput: the Dagster pipeline against a bare ccxt loop, same sandbox, same schema.
 
-    uv run python benchmarks/backfill.py [--days 30 365] [--share 1.0]
+    uv run python benchmarks/backfill.py [--months 1 12] [--share 1.0] [--no-bookkeeping]
 
 The sandbox exchange runs in its own process (as a real exchange would be another machine) and
 declares a large REQUEST_WEIGHT budget; both contenders throttle to `--share` of it. Candles are the
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import ccxt.async_support as ccxt
@@ -27,10 +27,61 @@ import dagster as dg
 from tradebeat_pipeline import cli
 from tradebeat_pipeline.exchange.binance import parse_klines
 from tradebeat_pipeline.store import open_store
-from tradebeat_pipeline.timewindows import day_window
+from tradebeat_pipeline.timewindows import month_key, month_window
 
 SYMBOL, MARKET_ID = "SYN/USDT", "SYNUSDT"
-END_DAY = date(2025, 12, 31)
+LAST_MONTH = date(2025, 12, 1)
+
+
+def first_of(months: int) -> date:
+    """The first of `months` months ending with LAST_MONTH."""
+    year, month = divmod(LAST_MONTH.year * 12 + LAST_MONTH.month - months, 12)
+    return date(year, month + 1, 1)
+
+
+def bookkeeping(partitions_def: dg.PartitionsDefinition, first: str, last: str) -> tuple[int, float]:
+    """Dagster's own cost of one single-run backfill over first..last of an asset that does nothing:
+    (partitions, seconds of planning and materialization events), from the run's event log."""
+    symbols = dg.StaticPartitionsDefinition(["X"])
+    parts = dg.MultiPartitionsDefinition({"time": partitions_def, "symbol": symbols})
+
+    @dg.asset(partitions_def=parts, backfill_policy=dg.BackfillPolicy.single_run())
+    def nothing(context: dg.AssetExecutionContext) -> None:
+        return None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(Path(cli.__file__).parent.parent / "dagster_home" / "dagster.yaml", tmp)
+        with dg.instance_for_test(temp_dir=tmp) as instance:
+            tags = {
+                "dagster/asset_partition_range_start": f"{first}|X",
+                "dagster/asset_partition_range_end": f"{last}|X",
+            }
+            result = dg.materialize([nothing], instance=instance, tags=tags)
+            times: dict[str, list[float]] = {}
+            for entry in instance.all_logs(result.run_id):
+                kind = entry.dagster_event.event_type_value if entry.dagster_event else "log"
+                times.setdefault(kind, []).append(entry.timestamp)
+    count = len(times["ASSET_MATERIALIZATION"])
+    planning = min(times["PIPELINE_START"]) - min(times["ASSET_MATERIALIZATION_PLANNED"])
+    events = max(times["ASSET_MATERIALIZATION"]) - min(times["ASSET_MATERIALIZATION"])
+    return count, planning + events
+
+
+def print_bookkeeping() -> None:
+    """The same year as 365 day partitions and as 12 month partitions, in this run."""
+    days = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_date="2026-01-01")
+    months = dg.MonthlyPartitionsDefinition(start_date="2025-01", end_date="2026-01", fmt="%Y-%m")
+    print("Dagster's own bookkeeping for one symbol-year backfilled as one run (an asset doing nothing):")
+    for name, definition, first, last in (
+        ("day", days, "2025-01-01", "2025-12-31"),
+        ("month", months, "2025-01", "2025-12"),
+    ):
+        count, seconds = bookkeeping(definition, first, last)
+        whole = 3060 if name == "day" else 102
+        print(
+            f"  {count:>4} {name} partitions: {seconds:.1f}s, {seconds / count * 1000:.0f} ms per partition; "
+            f"a symbol's whole history (2017-08..2025-12, {whole} partitions) ~{seconds / count * whole:.0f}s"
+        )
 
 
 def free_port() -> int:
@@ -73,7 +124,7 @@ async def bare_loop(url: str, db: Path, start: date, end: date, share: float, we
     exchange.rateLimit = 60_000 / (weight_limit * share / 5)
     exchange.tokenBucket = None
     exchange.init_rest_rate_limiter()
-    since, stop = day_window(start)[0], day_window(end)[1]
+    since, stop = month_window(start)[0], month_window(end)[1]
     total = 0
     with open_store(db) as store:
         store.register_symbol(SYMBOL)
@@ -106,7 +157,7 @@ def pipeline(env: dict[str, str], start: date, end: date) -> float:
     assert cli.main(["symbols", "add", SYMBOL]) == 0
     t = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        assert cli.main(["backfill", SYMBOL, "--start", start.isoformat(), "--end", end.isoformat()]) == 0
+        assert cli.main(["backfill", SYMBOL, "--start", month_key(start), "--end", month_key(end)]) == 0
     return time.perf_counter() - t
 
 
@@ -138,7 +189,10 @@ def count(db: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--days", type=int, nargs="+", default=[30, 365])
+    parser.add_argument("--months", type=int, nargs="+", default=[1, 12])
+    parser.add_argument(
+        "--no-bookkeeping", action="store_true", help="skip Dagster's per-partition cost, days vs months"
+    )
     parser.add_argument("--share", type=float, default=1.0, help="share of the sandbox's weight budget")
     parser.add_argument("--weight-limit", type=int, default=1_000_000)
     args = parser.parse_args()
@@ -148,13 +202,13 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     print(f"sandbox {url}, weight limit {args.weight_limit}/min, budget share {args.share}")
     print(
-        f"{'days':>5} {'candles':>9} {'bare s':>8} {'bare c/s':>10} {'pipeline s':>11} "
+        f"{'months':>6} {'candles':>9} {'bare s':>8} {'bare c/s':>10} {'pipeline s':>11} "
         f"{'pipeline c/s':>13} {'ratio':>6}"
     )
     breakdowns: list[str] = []
     try:
-        for days in args.days:
-            start, end = END_DAY - timedelta(days=days - 1), END_DAY
+        for months in args.months:
+            start, end = first_of(months), LAST_MONTH
             with tempfile.TemporaryDirectory() as tmp:
                 work = Path(tmp)
                 t = time.perf_counter()
@@ -177,21 +231,25 @@ def main() -> None:
                 home_before = dir_bytes(work / "home")
                 pipe_s = pipeline(env, start, end)
                 pipe_n = count(work / "p.sqlite")
+                days = (month_window(end)[1] - month_window(start)[0]) // 86_400_000
                 assert pipe_n == bare_n == days * 1440, (pipe_n, bare_n)
                 phases = run_phases()
                 growth = dir_bytes(work / "home") - home_before
             print(
-                f"{days:>5} {pipe_n:>9} {bare_s:>8.1f} {bare_n / bare_s:>10,.0f} {pipe_s:>11.1f} "
+                f"{months:>6} {pipe_n:>9} {bare_s:>8.1f} {bare_n / bare_s:>10,.0f} {pipe_s:>11.1f} "
                 f"{pipe_n / pipe_s:>13,.0f} {pipe_s / bare_s:>6.2f}"
             )
             bookkeeping = phases["planning"] + phases["events"]
             breakdowns.append(
-                f"{days:>5} days: Dagster planning {phases['planning']:.1f}s, fetch {phases['fetch']:.1f}s, "
+                f"{months:>3} months: Dagster planning {phases['planning']:.1f}s, "
+                f"fetch {phases['fetch']:.1f}s, "
                 f"store upsert {phases['upsert']:.1f}s, Dagster materialization events "
-                f"{phases['events']:.1f}s; Dagster bookkeeping {bookkeeping / days * 1000:.0f} ms and "
-                f"{growth / days / 1024:.1f} KB of instance storage per partition"
+                f"{phases['events']:.1f}s; Dagster bookkeeping {bookkeeping / months * 1000:.0f} ms and "
+                f"{growth / months / 1024:.1f} KB of instance storage per partition"
             )
         print("\n".join(breakdowns))
+        if not args.no_bookkeeping:
+            print_bookkeeping()
     finally:
         sandbox.terminate()
         sandbox.wait()

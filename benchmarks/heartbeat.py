@@ -1,13 +1,14 @@
 """Heartbeat latency: a real dagster-daemon beating against the sandbox for N minutes with K symbols.
 
     uv run python benchmarks/heartbeat.py [--minutes 5] [--symbols 10] [--buffer 5]
-    uv run python benchmarks/heartbeat.py --symbols 100 --minutes 6 --weight-limit 6000 --backfill-days 29
+    uv run python benchmarks/heartbeat.py --symbols 100 --minutes 6 --weight-limit 6000 --backfill-months 1
 
 Prints p50/p95/max of candle close -> commit (from `ingested_at`) for the minutes each beat stored,
 runs per beat, and CPU seconds per beat (the whole machine less this process, which hosts the
 sandbox, divided by the beats: daemon, sensor ticks and run workers together).
 
-With `--backfill-days`, a backfill of every symbol's last D days runs in its own process beside the
+With `--backfill-months`, a backfill of every symbol's last M whole months (before the current one)
+runs in its own process beside the
 beats, and the sandbox reports the request weight it counted per clock minute: the shared rate
 budget (our share of `--weight-limit`) must hold across both, with the beats going first.
 """
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -31,7 +32,7 @@ from tradebeat_pipeline import cli
 from tradebeat_pipeline.sandbox.market_data import replay_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
-from tradebeat_pipeline.timewindows import DAY_MS, iso_utc
+from tradebeat_pipeline.timewindows import DAY_MS, iso_utc, month_key, month_of, month_window
 
 MIN = 60_000
 
@@ -54,7 +55,12 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--buffer", type=float, default=5.0)
     parser.add_argument("--weight-limit", type=int, default=60_000, help="the sandbox's declared budget")
-    parser.add_argument("--backfill-days", type=int, default=0, help="backfill days beside the beats")
+    parser.add_argument(
+        "--backfill-months",
+        type=int,
+        default=0,
+        help="whole months before this one backfilled beside the beats",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tradebeat-heartbeat-"))
@@ -104,13 +110,17 @@ def main() -> None:
             flush=True,
         )
         time.sleep(max(0.0, first_beat / 1000 - time.time()))
-        if args.backfill_days:
-            today = datetime.now(UTC).date()
-            days = (today - timedelta(days=args.backfill_days), today - timedelta(days=1))
+        if args.backfill_months:
+            this_month = month_of(now)
+            days = (months_before(this_month, args.backfill_months), months_before(this_month, 1))
             argv = [sys.executable, "-c", BACKFILL, symbols[0], symbols[-1], *(d.isoformat() for d in days)]
             backfill = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             backfill_span = (time.time(), 0.0)
-            print(f"backfill of {days[0]}..{days[1]} for all {args.symbols} symbols started", flush=True)
+            print(
+                f"backfill of {month_key(days[0])}..{month_key(days[1])} for all {args.symbols} symbols "
+                "started",
+                flush=True,
+            )
         cpu_start = machine_cpu_s() - process_cpu_s(os.getpid())
         deadline = time.time() + (last_beat + MIN - first_beat) / 1000 + 120
         while time.time() < deadline and not beats_done(last_beat):
@@ -132,8 +142,10 @@ def main() -> None:
             daemon.wait(timeout=120)
         server.stop()
     report(work / "hb.sqlite", first_beat, last_beat, cpu_s, args.buffer, backfill_span)
-    if args.backfill_days:
-        report_weight(sandbox, first_beat, args.weight_limit, work / "hb.sqlite", args.backfill_days)
+    if args.backfill_months:
+        this_month = month_of(now)
+        months = (months_before(this_month, args.backfill_months), this_month)
+        report_weight(sandbox, first_beat, args.weight_limit, work / "hb.sqlite", months)
 
 
 def beats_done(last_beat: int) -> bool:
@@ -206,7 +218,12 @@ def report(
     )
 
 
-def report_weight(sandbox: Sandbox, first_beat: int, limit: int, db: Path, days: int) -> None:
+def months_before(month: date, n: int) -> date:
+    year, index = divmod(month.year * 12 + month.month - 1 - n, 12)
+    return date(year, index + 1, 1)
+
+
+def report_weight(sandbox: Sandbox, first_beat: int, limit: int, db: Path, months: tuple[date, date]) -> None:
     """What the exchange saw from the first beat on: weight per clock minute against our share, and
     the 429s it sent."""
     share = 0.5  # RATE_BUDGET_SHARE's default
@@ -219,17 +236,17 @@ def report_weight(sandbox: Sandbox, first_beat: int, limit: int, db: Path, days:
         f"busiest clock minute {clock_minute}, busiest 60 s {sliding} (budget {limit * share:.0f}); "
         f"429s for weight: {sandbox.rejected_for_weight}"
     )
-    today = datetime.now(UTC).date()
-    start = int(datetime.combine(today - timedelta(days=days), datetime.min.time(), UTC).timestamp() * 1000)
+    start, end = month_window(months[0])[0], month_window(months[1])[0]
     with sqlite3.connect(db) as conn:
         stored, symbols = conn.execute(
             "SELECT count(*), count(DISTINCT symbol_id) FROM price_data "
             "WHERE timestamp >= ? AND timestamp < ?",
-            (start, start + days * DAY_MS),
+            (start, end),
         ).fetchone()
     conn.close()
-    expected = symbols * days * 1440
-    print(f"backfilled candles stored: {stored:,} of {expected:,} ({symbols} symbols x {days} days)")
+    expected = symbols * (end - start) // MIN
+    span = f"{month_key(months[0])}..{month_key(months_before(months[1], 1))}"
+    print(f"backfilled candles stored: {stored:,} of {expected:,} ({symbols} symbols x {span})")
 
 
 if __name__ == "__main__":

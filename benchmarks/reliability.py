@@ -31,14 +31,15 @@ from tradebeat_pipeline.timewindows import utc_day
 
 JAN1 = 1_577_836_800_000
 MIN = 60_000
-THREE_DAYS = ["--start", "2020-01-01", "--end", "2020-01-03"]
+JANUARY = ["--start", "2020-01", "--end", "2020-01"]  # BTC/USDT: the first 3 days archived
+MONTH = 31 * 1440
 
 
 # One heartbeat run for a symbol's 2020-01-02, in a process of its own: argv symbol, beat minute (ms).
 BEAT = (
     "import sys; from datetime import date\n"
     "from tradebeat_pipeline.cli.runs import instance, materialize_beat\n"
-    "d = date(2020, 1, 2)\n"
+    "d = date(2020, 1, 1)\n"
     "with instance() as i:\n"
     "    r = materialize_beat(i, [sys.argv[1]], d, d, int(sys.argv[2]))\n"
     "sys.exit(0 if r.success else 1)\n"
@@ -70,7 +71,7 @@ class Bench:
         assert cli(["symbols", "add", "BTC/USDT"]) == 0
         return Path(os.environ["DB_PATH"])
 
-    def row(self, fault: str, injected: str, code: int, db: Path, expected: int = 4320) -> None:
+    def row(self, fault: str, injected: str, code: int, db: Path, expected: int = MONTH) -> None:
         stored, duplicated = counts(db)
         served = sum(self.sandbox.faulted.values())
         errors = "none" if code == 0 else f"exit {code}"
@@ -86,7 +87,7 @@ def exchange_faults(b: Bench) -> None:
         db = b.fresh()
         b.sandbox.slow_s = 1.5
         b.sandbox.chaos(0.10, kinds, seed=45)
-        code = cli(["backfill", "BTC/USDT", *THREE_DAYS])
+        code = cli(["backfill", "BTC/USDT", *JANUARY])
         b.row(f"exchange: {label}", "10 % of klines requests", code, db)
 
 
@@ -95,7 +96,7 @@ def crash(b: Bench) -> None:
     b.sandbox.slow_s = 60
     b.sandbox.inject("slow", count=None, window=(JAN1 + 2000 * MIN, JAN1 + 2001 * MIN))
     run = subprocess.Popen(  # our own argv
-        [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *THREE_DAYS],
+        [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *JANUARY],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -106,7 +107,7 @@ def crash(b: Bench) -> None:
     run.wait()
     after_kill, _ = counts(db)
     b.sandbox.reset()
-    code = cli(["backfill", "BTC/USDT", *THREE_DAYS])
+    code = cli(["backfill", "BTC/USDT", *JANUARY])
     b.row(f"kill -9 mid-backfill, rerun ({after_kill} rows after the kill)", "SIGKILL during fetch", code, db)
 
 
@@ -115,7 +116,7 @@ def concurrency(b: Bench) -> None:
     writers = [
         subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # our own argv
         for argv in (
-            [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *THREE_DAYS],
+            [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *JANUARY],
             [sys.executable, "-c", BEAT, "BTC/USDT", str(JAN1 + 2 * 1440 * MIN - MIN)],
         )
     ]
@@ -132,10 +133,10 @@ def rate_budget(b: Bench) -> None:
     limit_before, b.sandbox.weight_limit = b.sandbox.weight_limit, 1000
     assert cli(["symbols", "add", "S001/USDT", "S002/USDT", "S003/USDT"]) == 0
     b.sandbox.reset()
-    days = ["--start", "2020-01-01", "--end", "2020-03-23"]  # 83 days: 120 klines pages each
+    months = ["--start", "2020-01", "--end", "2020-03"]  # 91 days: 132 klines pages each
     backfills = [
         subprocess.Popen(  # our own argv
-            [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", symbol, *days],
+            [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", symbol, *months],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -151,7 +152,8 @@ def rate_budget(b: Bench) -> None:
     code = max(p.wait() for p in [*backfills, beat])
     clock_minute, sliding = b.sandbox.busiest_minutes()
     b.sandbox.weight_limit = limit_before
-    expected = 2 * 83 * 1440 + 1440  # the beat stores its whole day (nothing was stored before)
+    # The beat stores its month up to its minute (nothing was stored before): January 1-2.
+    expected = 2 * 91 * 1440 + 2 * 1440
     stored, duplicated = counts(db)
     served = sum(w for _, w in b.sandbox.weight_log)
     print(

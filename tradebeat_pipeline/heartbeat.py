@@ -1,4 +1,4 @@
-"""The minute heartbeat's logic, apart from Dagster: which days a beat covers, which minutes each
+"""The minute heartbeat's logic, apart from Dagster: which months a beat covers, which minutes each
 symbol needs, waiting for the minute to close, and fetching every symbol without one failure
 stopping the others."""
 
@@ -6,45 +6,51 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import date, timedelta
+from datetime import date
 
 from tradebeat_pipeline.exchange import Exchange, FetchResult, gather_or_cancel
-from tradebeat_pipeline.timewindows import MINUTE_MS, day_window, utc_day
+from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, month_of, month_window, month_windows, span
 
 log = logging.getLogger("tradebeat.heartbeat")
 
 # Closed minutes fetched again on every beat, so an exchange correction of a recent candle is seen.
 REFETCH_MINUTES = 3
-# After downtime a beat covers at most this many missed days; older holes are a backfill's job.
+# After downtime a beat fetches at most this many missed days; older holes are a backfill's job.
 MAX_CATCH_UP_DAYS = 7
 # How long a beat waits past the buffer for an exchange whose clock is behind ours.
 MAX_EXCHANGE_LAG_S = 30.0
 
 
-def beat_days(minute_ms: int, oldest_newest_ms: int | None) -> tuple[date, date]:
-    """Days a beat for `minute_ms` covers: back to the stalest symbol's newest candle (bounded)."""
-    last = utc_day(minute_ms)
-    first = utc_day(minute_ms - REFETCH_MINUTES * MINUTE_MS)
+def catch_up_from(minute_ms: int) -> int:
+    """The oldest minute a beat for `minute_ms` fetches after downtime: MAX_CATCH_UP_DAYS before it."""
+    return minute_ms - MAX_CATCH_UP_DAYS * DAY_MS
+
+
+def beat_months(minute_ms: int, oldest_newest_ms: int | None) -> tuple[date, date]:
+    """Months a beat for `minute_ms` covers: its own, the previous one while the refetched minutes
+    or the stalest symbol's newest candle lie there (bounded by MAX_CATCH_UP_DAYS)."""
+    first = min(minute_ms - REFETCH_MINUTES * MINUTE_MS, minute_ms)
     if oldest_newest_ms is not None and oldest_newest_ms < minute_ms:
-        first = min(first, utc_day(oldest_newest_ms))
-    return max(first, last - timedelta(days=MAX_CATCH_UP_DAYS)), last
+        first = min(first, oldest_newest_ms)
+    return month_of(max(first, catch_up_from(minute_ms))), month_of(minute_ms)
 
 
 def beat_windows(
     requested: dict[str, list[date]], newest: dict[str, int | None], minute_ms: int
 ) -> dict[str, tuple[int, int]]:
     """Per symbol, [start, end) open times to fetch: every minute not yet stored up to the beat's
-    minute, plus the last few stored ones again; never outside the run's own days."""
+    minute, plus the last few stored ones again; never outside the run's own months, nor further
+    back than MAX_CATCH_UP_DAYS (older holes are a backfill's job)."""
     windows: dict[str, tuple[int, int]] = {}
     end = minute_ms + MINUTE_MS
-    for symbol, days in requested.items():
-        first_allowed, last_allowed = day_window(days[0])[0], day_window(days[-1])[1]
+    for symbol, months in requested.items():
+        first_allowed, last_allowed = span(month_windows(months))
         stored = newest.get(symbol)
         if stored is None:
-            start = day_window(utc_day(minute_ms))[0]
+            start = month_window(month_of(minute_ms))[0]
         else:
             start = stored + MINUTE_MS - REFETCH_MINUTES * MINUTE_MS
-        start = max(start, first_allowed)
+        start = max(start, first_allowed, catch_up_from(minute_ms))
         windows[symbol] = (start, min(end, last_allowed))
     return windows
 

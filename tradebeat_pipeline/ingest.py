@@ -2,10 +2,11 @@
 holes to ask about again), fetch it over an `Exchange`, and hand back a `Batch` that the IO manager
 writes in one transaction and the checks judge from the write's own report.
 
-A backfill fetches its whole days, one window per run of days and symbol, all symbols at once. A
-heartbeat fetches only what each symbol lacks up to its minute, after waiting for that minute to
-close. Both ask again about unexplained holes in their days and learn where a symbol's history
-begins on the exchange when the store does not know yet.
+A backfill fetches its whole months, one window per run of months and symbol, all symbols at once.
+A heartbeat fetches only what each symbol lacks up to its minute, after waiting for that minute to
+close, and its write and checks cost what it fetched, never a rescan of the month. Both ask again
+about unexplained holes in their months and learn where a symbol's history begins on the exchange
+when the store does not know yet.
 """
 
 import logging
@@ -21,13 +22,22 @@ from tradebeat_pipeline import progress
 from tradebeat_pipeline.candles import SYMBOL_COLUMN, empty_candles, with_symbols
 from tradebeat_pipeline.exchange import Exchange, FetchResult, gather_or_cancel, merge_results
 from tradebeat_pipeline.heartbeat import beat_windows, fetch_windows, wait_until_closed
-from tradebeat_pipeline.quality import FETCH_FAILED, PENDING, GapKind, GapReport, Hole, holes_to_probe
+from tradebeat_pipeline.quality import (
+    FETCH_FAILED,
+    PENDING,
+    UNEXPLAINED,
+    GapKind,
+    GapReport,
+    Hole,
+    holes_to_probe,
+)
 from tradebeat_pipeline.store import CandleStore, SymbolWrite, UpsertResult
 from tradebeat_pipeline.timewindows import (
     MINUTE_MS,
-    day_windows,
     iso_utc,
     last_closed_minute,
+    month_key,
+    month_windows,
     span,
 )
 from tradebeat_pipeline.timewindows import now_ms as current_ms
@@ -51,10 +61,10 @@ class NotRegistered(IngestError):
 class RunPlan:
     """What one run will fetch, decided from the store before any request is sent."""
 
-    requested: dict[str, list[date]]  # registered symbols, each with its days in order
+    requested: dict[str, list[date]]  # registered symbols, each with its months in order
     skipped: list[str]  # partitions whose symbol the sensor has not registered yet (beats only)
     newest: dict[str, int | None]  # each symbol's newest stored candle
-    probes: dict[str, list[Hole]]  # unexplained holes to ask about again, within the run's days
+    probes: dict[str, list[Hole]]  # unexplained holes to ask about again, within the run's months
     unknown_start: list[str]  # symbols whose first candle on the exchange is not known yet
     beat_minute: int | None = None  # set for a heartbeat: the minute it stores
 
@@ -66,7 +76,7 @@ class RunPlan:
 def plan_run(
     store: CandleStore, requested: dict[str, list[date]], *, beat_minute: int | None, now_ms: int
 ) -> RunPlan:
-    """Plan a run over `requested` (symbol -> days). A backfill refuses unregistered symbols; a beat
+    """Plan a run over `requested` (symbol -> months). A backfill refuses unregistered symbols; a beat
     skips them (a partition the symbols sensor has not validated yet)."""
     active = store.active_symbols()
     unregistered = sorted(set(requested) - active)
@@ -81,10 +91,10 @@ def plan_run(
     kinds: tuple[GapKind, ...] = (PENDING,) if beat_minute is None else (PENDING, FETCH_FAILED)
     limit = None if beat_minute is None else BEAT_PROBES_PER_SYMBOL
     probes: dict[str, list[Hole]] = {}
-    for symbol, days in registered.items():
-        lo, hi = span(day_windows(days))
+    for symbol, months in registered.items():
+        lo, hi = span(month_windows(months))
         due = holes_to_probe(store.holes(symbol, lo, hi), kinds, now_ms=now_ms, limit=limit)
-        # A hole reaching past the run's days is asked about only within them.
+        # A hole reaching past the run's months is asked about only within them.
         probes[symbol] = [replace(h, start=max(h.start, lo), end=min(h.end, hi - MINUTE_MS)) for h in due]
     return RunPlan(
         requested=registered,
@@ -102,17 +112,24 @@ class WriteReport:
     checks and the run's metadata read this instead of the store."""
 
     upserts: dict[str, UpsertResult]
-    gaps: dict[str, list[GapReport]]  # per symbol, one report per window of its days (closed minutes)
+    gaps: dict[str, list[GapReport]]  # per symbol, one report per judged window (closed minutes)
     newest: dict[str, int | None]  # each symbol's newest stored candle inside its windows
     committed_ms: int
+    # A beat judges only what it fetched; holes recorded elsewhere in its months still count.
+    holes_elsewhere: dict[str, list[Hole]] = field(default_factory=dict)
 
     @property
     def total(self) -> UpsertResult:
         return sum(self.upserts.values(), UpsertResult())
 
     def missing_minutes(self) -> dict[str, int]:
-        """Closed minutes of each symbol's days with no stored candle (explained or not)."""
-        return {s: sum(r.expected - r.stored for r in reports) for s, reports in self.gaps.items()}
+        """Closed minutes of each symbol's judged windows with no stored candle (explained or not),
+        plus the recorded holes elsewhere in its months."""
+        return {
+            s: sum(r.expected - r.stored for r in reports)
+            + sum(h.minutes for h in self.holes_elsewhere.get(s, []))
+            for s, reports in self.gaps.items()
+        }
 
 
 @dataclass
@@ -144,9 +161,12 @@ class Batch:
         return closed or last_closed_minute()
 
     def windows(self) -> dict[str, list[tuple[int, int]]]:
-        """Per fetched symbol, its days as windows of closed minutes: what the checks judge."""
+        """Per fetched symbol, the windows of closed minutes the checks judge: a backfill's whole
+        months; a beat's fetched windows only, so its cost stays that of the minutes it fetched."""
         until = self.closed_until_ms
-        return {s: day_windows(self.requested[s], until_ms=until) for s in self.results}
+        if self.beat_minute is None:
+            return {s: month_windows(self.requested[s], until_ms=until) for s in self.results}
+        return {s: fetched_windows(r, until) for s, r in self.results.items()}
 
     def writes(self) -> list[SymbolWrite]:
         """The batch as the store's writes; a row or fetch outside the run's own partitions is a bug
@@ -174,7 +194,12 @@ def write(store: CandleStore, batch: Batch, *, now_ms: int) -> WriteReport:
     windows = batch.windows()
     gaps = {s: [store.gap_report(s, a, b) for a, b in w] for s, w in windows.items()}
     newest = {s: store.newest_candles([s], before_ms=w[-1][1])[s] if w else None for s, w in windows.items()}
-    report = WriteReport(upserts, gaps, newest, committed_ms)
+    elsewhere: dict[str, list[Hole]] = {}
+    if batch.beat_minute is not None:
+        for symbol, judged in windows.items():
+            recorded = store.holes(symbol, *span(month_windows(batch.requested[symbol])))
+            elsewhere[symbol] = [h for h in recorded if h.kind in UNEXPLAINED and _outside(h, judged)]
+    report = WriteReport(upserts, gaps, newest, committed_ms, elsewhere)
     batch.report = report
     return report
 
@@ -192,7 +217,7 @@ def split_by_symbol(
     for symbol, frame in candles.groupby(SYMBOL_COLUMN, sort=False):
         ts = frame["timestamp"].to_numpy()
         inside = np.zeros(len(ts), dtype=bool)
-        for lo, hi in day_windows(requested[str(symbol)]):
+        for lo, hi in month_windows(requested[str(symbol)]):
             inside |= (ts >= lo) & (ts < hi)
         if not inside.all():
             first = int(ts[~inside][0])
@@ -209,7 +234,7 @@ def refuse_coverage_outside(symbol: str, result: FetchResult, requested: dict[st
     days = requested.get(symbol)
     if days is None:
         raise ValueError(f"{symbol}: fetched, but not among this run's partitions; nothing was written")
-    windows = day_windows(days)
+    windows = month_windows(days)
     for cov in result.coverage:
         if not any(lo <= cov.start and cov.end <= hi for lo, hi in windows):
             raise ValueError(
@@ -218,29 +243,48 @@ def refuse_coverage_outside(symbol: str, result: FetchResult, requested: dict[st
             )
 
 
-def expected_minutes(days: Iterable[date], now_ms: int | None = None) -> int:
-    """Minutes that have closed (by the local clock) within these days."""
-    return sum((b - a) // MINUTE_MS for a, b in day_windows(days, until_ms=last_closed_minute(now_ms)))
+def expected_minutes(months: Iterable[date], now_ms: int | None = None) -> int:
+    """Minutes that have closed (by the local clock) within these months."""
+    until = last_closed_minute(now_ms)
+    return sum((b - a) // MINUTE_MS for a, b in month_windows(months, until_ms=until))
+
+
+def fetched_windows(result: FetchResult, until_ms: int) -> list[tuple[int, int]]:
+    """The windows a fetch covered (its main window and re-asks), merged, cut at `until_ms`."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted((c.start, min(c.end, until_ms)) for c in result.coverage):
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _outside(hole: Hole, windows: list[tuple[int, int]]) -> bool:
+    """No minute of the hole lies in any of the windows."""
+    return all(hole.end < a or hole.start >= b for a, b in windows)
 
 
 # -- fetching ---------------------------------------------------------------------------------
 
 
 async def fetch_backfill(exchange: Exchange, plan: RunPlan) -> Batch:
-    """A backfill: every symbol's whole days, then its re-asks."""
+    """A backfill: every symbol's whole months (up to now), then its re-asks."""
     progress.begin("candles fetched", total=sum(expected_minutes(days) for days in plan.requested.values()))
     first_candles = await first_candles_of(exchange, plan.unknown_start)
     results = _merge_probes(
-        await fetch_days(exchange, plan.requested), await probe_all(exchange, plan.probes)
+        await fetch_months(exchange, plan.requested), await probe_all(exchange, plan.probes)
     )
     for symbol, result in results.items():
-        days = plan.requested[symbol]
+        months = plan.requested[symbol]
         backfill_log.info(
             "%s: %d closed candles for %s..%s in %d requests (exchange clock %s)",
             symbol,
             len(result.candles),
-            days[0],
-            days[-1],
+            month_key(months[0]),
+            month_key(months[-1]),
             result.requests,
             iso_utc(result.server_time_ms),
         )
@@ -272,13 +316,12 @@ async def fetch_beat(exchange: Exchange, plan: RunPlan, *, buffer_s: float) -> B
     return Batch(plan.requested, results, first_candles, beat_minute=minute_ms)
 
 
-async def fetch_days(exchange: Exchange, requested: dict[str, list[date]]) -> dict[str, FetchResult]:
-    """Fetch whole UTC days per symbol, each contiguous run of days as one window, all at once."""
+async def fetch_months(exchange: Exchange, requested: dict[str, list[date]]) -> dict[str, FetchResult]:
+    """Fetch whole UTC months per symbol, each contiguous run of months as one window, all at once."""
 
-    async def one_symbol(days: list[date], symbol: str) -> FetchResult:
-        return merge_results(
-            await gather_or_cancel(exchange.fetch_candles(symbol, a, b) for a, b in day_windows(days))
-        )
+    async def one_symbol(months: list[date], symbol: str) -> FetchResult:
+        windows = month_windows(months)
+        return merge_results(await gather_or_cancel(exchange.fetch_candles(symbol, a, b) for a, b in windows))
 
     symbols = list(requested)
     results = await gather_or_cancel(one_symbol(requested[s], s) for s in symbols)

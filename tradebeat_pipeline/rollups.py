@@ -4,6 +4,7 @@ DuckDB cannot download its SQLite extension here, so the store hands frames over
 them in place (a registered pandas frame is scanned without a copy).
 """
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +51,30 @@ def rollup(candles: pd.DataFrame, timeframe: str, start_ms: int, end_ms: int) ->
     frame["complete"] = frame["minutes"] == bucket // MINUTE_MS
     frame["trades"] = frame["trades"].astype("Int64")
     return frame.loc[:, list(ROLLUP_COLUMNS)]
+
+
+def windows_to_recompute(
+    start_ms: int, end_ms: int, *, previous_ms: int | None, changed_days: Iterable[int]
+) -> list[tuple[int, int]]:
+    """The UTC days of [start_ms, end_ms) a rollup must compute again: all of them the first time;
+    after a computation at `previous_ms`, only the days whose candles changed since (`changed_days`,
+    their starts) and the days the clock has moved through since (their buckets are new, even the
+    empty ones). Days are whole: every bucket of a recomputed day is written again."""
+    if previous_ms is None:
+        return [(start_ms, end_ms)] if end_ms > start_ms else []
+    days = set(changed_days)
+    day = max(start_ms, previous_ms - previous_ms % DAY_MS)
+    while day < end_ms:
+        days.add(day)
+        day += DAY_MS
+    windows: list[tuple[int, int]] = []
+    for first in sorted(d for d in days if start_ms <= d < end_ms):
+        last = min(first + DAY_MS, end_ms)
+        if windows and windows[-1][1] == first:
+            windows[-1] = (windows[-1][0], last)
+        else:
+            windows.append((first, last))
+    return windows
 
 
 def bucket_ms(timeframe: str) -> int:

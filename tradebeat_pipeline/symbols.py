@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from tradebeat_pipeline.errors import Refused
-from tradebeat_pipeline.timewindows import MINUTE_MS, utc_day
+from tradebeat_pipeline.timewindows import MINUTE_MS, month_of
 
 _SYMBOL_RE = re.compile(r"[A-Z0-9]{1,20}/[A-Z0-9]{1,20}")
 SYMBOL_FORM = "a ccxt spot symbol BASE/QUOTE such as BTC/USDT"
@@ -63,36 +63,36 @@ def plan_symbols(partitions: list[str], setting: list[str], cursor: SymbolsCurso
     return SymbolsPlan(candidates, retired)
 
 
-def history_days(now_ms: int, backfill_minutes: int, newest_stored_ms: int | None) -> tuple[date, date]:
-    """Days an onboarding backfill loads: the whole days covering BACKFILL_MINUTES, reaching back to
-    the newest candle already stored, so a re-added symbol's hole is filled too."""
-    first = utc_day(now_ms - backfill_minutes * MINUTE_MS)
+def history_months(now_ms: int, backfill_minutes: int, newest_stored_ms: int | None) -> tuple[date, date]:
+    """Months an onboarding backfill loads: the whole months covering BACKFILL_MINUTES, reaching back
+    to the newest candle already stored, so a re-added symbol's hole is filled too."""
+    first = month_of(now_ms - backfill_minutes * MINUTE_MS)
     if newest_stored_ms is not None:
-        first = min(first, utc_day(newest_stored_ms))
-    return first, utc_day(now_ms)
+        first = min(first, month_of(newest_stored_ms))
+    return first, month_of(now_ms)
 
 
 @dataclass(frozen=True)
 class OnboardingRun:
     symbols: list[str]
-    first_day: date
-    last_day: date
+    first_month: date
+    last_month: date
 
 
 def onboarding_runs(order: list[str], history: dict[str, tuple[date, date]]) -> list[OnboardingRun]:
     """Group symbols to onboard into as few runs as possible: a run's partition range is a rectangle
-    (days × symbols adjacent in partition order), so a group shares its days and has no other
+    (months × symbols adjacent in partition order), so a group shares its months and has no other
     symbol between its members. 100 symbols added together become ONE backfill run."""
     runs: list[OnboardingRun] = []
     open_group = False
     for symbol in order:
-        days = history.get(symbol)
-        if days is None:
+        months = history.get(symbol)
+        if months is None:
             open_group = False  # an already onboarded symbol sits here: a range must not cover it
             continue
-        if open_group and (runs[-1].first_day, runs[-1].last_day) == days:
+        if open_group and (runs[-1].first_month, runs[-1].last_month) == months:
             runs[-1].symbols.append(symbol)
         else:
-            runs.append(OnboardingRun([symbol], *days))
+            runs.append(OnboardingRun([symbol], *months))
             open_group = True
     return runs

@@ -13,6 +13,8 @@ DAY_MS = 86_400_000
 
 # Binance opened its spot market on 2017-07-14; nothing before it can exist.
 EXCHANGE_EPOCH = date(2017, 7, 14)
+# The first month a partition can name.
+FIRST_MONTH = date(2017, 7, 1)
 
 
 def now_ms() -> int:
@@ -52,6 +54,76 @@ def day_windows(days: Iterable[date], *, until_ms: int | None = None) -> list[tu
     if until_ms is not None:
         windows = [(a, min(b, until_ms)) for a, b in windows]
     return [(a, b) for a, b in windows if b > a]
+
+
+# -- months: the partitions' period (a month is named by its first day) ------------------------
+
+
+def month_of(day_or_ms: date | int) -> date:
+    """The month (its first day) an instant or a day falls in."""
+    day = utc_day(day_or_ms) if isinstance(day_or_ms, int) else day_or_ms
+    return day.replace(day=1)
+
+
+def next_month(month: date) -> date:
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def month_window(month: date) -> tuple[int, int]:
+    """Epoch-ms [start, end) of a UTC month."""
+    return day_window(month)[0], day_window(next_month(month))[0]
+
+
+def months_between(first: date, last: date) -> list[date]:
+    """Every month from the one holding `first` to the one holding `last`, both included."""
+    months, month = [], month_of(first)
+    while month <= last:
+        months.append(month)
+        month = next_month(month)
+    return months
+
+
+def month_windows(months: Iterable[date], *, until_ms: int | None = None) -> list[tuple[int, int]]:
+    """The months as as few [start, end) windows as possible (one per run of consecutive months),
+    each cut at `until_ms` when given; windows left empty by the cut are dropped."""
+    windows: list[tuple[int, int]] = []
+    for start, end in sorted(month_window(m) for m in set(months)):
+        if windows and windows[-1][1] == start:
+            windows[-1] = (windows[-1][0], end)
+        else:
+            windows.append((start, end))
+    if until_ms is not None:
+        windows = [(a, min(b, until_ms)) for a, b in windows]
+    return [(a, b) for a, b in windows if b > a]
+
+
+def month_key(month: date) -> str:
+    """A month as its partition key, `YYYY-MM`."""
+    return f"{month.year:04d}-{month.month:02d}"
+
+
+def parse_month(text: str) -> date:
+    """A `YYYY-MM` key as its month's first day."""
+    try:
+        year, month = (int(part) for part in text.split("-"))
+        return date(year, month, 1)
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid month {text!r}: expected YYYY-MM") from None
+
+
+def parse_day_or_month(text: str, *, end: bool = False) -> tuple[date, bool]:
+    """`YYYY-MM-DD`, or `YYYY-MM` meaning its first day (its last day when `end`); and whether the
+    text named a whole month."""
+    if len(text) == 7:
+        try:
+            month = parse_month(text)
+        except ValueError:
+            raise ValueError(f"invalid date {text!r}: expected YYYY-MM or YYYY-MM-DD") from None
+        return (next_month(month) - timedelta(days=1) if end else month), True
+    try:
+        return parse_day(text), False
+    except ValueError:
+        raise ValueError(f"invalid date {text!r}: expected YYYY-MM or YYYY-MM-DD") from None
 
 
 def span(windows: Iterable[tuple[int, int]]) -> tuple[int, int]:

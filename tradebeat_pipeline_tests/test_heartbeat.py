@@ -1,11 +1,11 @@
-"""The heartbeat's pure decisions: days covered, minutes fetched, waiting for the close."""
+"""The heartbeat's pure decisions: months covered, minutes fetched, waiting for the close."""
 
 import asyncio
 from datetime import date
 
 from tradebeat_pipeline.heartbeat import (
     MAX_CATCH_UP_DAYS,
-    beat_days,
+    beat_months,
     beat_windows,
     wait_until_closed,
 )
@@ -14,40 +14,44 @@ from tradebeat_pipeline_tests.conftest import ms
 MIN = 60_000
 
 
-def test_a_beat_covers_only_its_own_day_in_the_middle_of_the_day() -> None:
-    assert beat_days(ms("2020-01-02T12:00:00Z"), ms("2020-01-02T11:59:00Z")) == (
-        date(2020, 1, 2),
-        date(2020, 1, 2),
-    )
+JAN, FEB = date(2020, 1, 1), date(2020, 2, 1)
 
 
-def test_the_first_beats_after_midnight_also_cover_yesterday() -> None:
-    assert beat_days(ms("2020-01-02T00:01:00Z"), ms("2020-01-02T00:00:00Z"))[0] == date(2020, 1, 1)
-    assert beat_days(ms("2020-01-01T23:59:00Z"), None) == (date(2020, 1, 1), date(2020, 1, 1))
+def test_a_beat_covers_only_its_own_month_in_the_middle_of_the_month() -> None:
+    assert beat_months(ms("2020-01-15T12:00:00Z"), ms("2020-01-15T11:59:00Z")) == (JAN, JAN)
+
+
+def test_the_first_beats_of_a_month_also_cover_the_previous_one() -> None:
+    assert beat_months(ms("2020-02-01T00:01:00Z"), ms("2020-02-01T00:00:00Z")) == (JAN, FEB)
+    assert beat_months(ms("2020-01-31T23:59:00Z"), None) == (JAN, JAN)
 
 
 def test_after_downtime_a_beat_reaches_back_to_the_stalest_symbol_within_a_bound() -> None:
-    assert beat_days(ms("2020-01-05T10:00:00Z"), ms("2020-01-03T08:00:00Z"))[0] == date(2020, 1, 3)
-    first, last = beat_days(ms("2020-03-01T10:00:00Z"), ms("2020-01-01T00:00:00Z"))
-    assert (last - first).days == MAX_CATCH_UP_DAYS
+    assert beat_months(ms("2020-02-03T10:00:00Z"), ms("2020-01-30T08:00:00Z"))[0] == JAN
+    first, last = beat_months(ms("2020-03-20T10:00:00Z"), ms("2020-01-01T00:00:00Z"))
+    assert (first, last) == (date(2020, 3, 1), date(2020, 3, 1))  # 7 days back is still March
+    windows = beat_windows(
+        {"BTC/USDT": [JAN, FEB]}, {"BTC/USDT": ms("2019-12-01T00:00:00Z")}, ms("2020-02-05T10:00:00Z")
+    )
+    assert windows["BTC/USDT"][0] == ms("2020-02-05T10:00:00Z") - MAX_CATCH_UP_DAYS * 1440 * MIN
 
 
 def test_a_symbol_fetches_what_it_lacks_plus_the_last_three_stored_minutes() -> None:
     minute = ms("2020-01-02T12:00:00Z")
-    windows = beat_windows({"BTC/USDT": [date(2020, 1, 2)]}, {"BTC/USDT": minute - 10 * MIN}, minute)
+    windows = beat_windows({"BTC/USDT": [JAN]}, {"BTC/USDT": minute - 10 * MIN}, minute)
     assert windows["BTC/USDT"] == (minute - 12 * MIN, minute + MIN)
 
 
-def test_a_symbol_with_nothing_stored_fetches_its_whole_day_so_far() -> None:
+def test_a_symbol_with_nothing_stored_fetches_its_whole_month_so_far() -> None:
     minute = ms("2020-01-02T12:00:00Z")
-    windows = beat_windows({"BTC/USDT": [date(2020, 1, 2)]}, {"BTC/USDT": None}, minute)
-    assert windows["BTC/USDT"] == (ms("2020-01-02T00:00:00Z"), minute + MIN)
+    windows = beat_windows({"BTC/USDT": [JAN]}, {"BTC/USDT": None}, minute)
+    assert windows["BTC/USDT"] == (ms("2020-01-01T00:00:00Z"), minute + MIN)
 
 
-def test_a_window_never_leaves_the_runs_days() -> None:
-    minute = ms("2020-01-02T00:01:00Z")
-    windows = beat_windows({"BTC/USDT": [date(2020, 1, 2)]}, {"BTC/USDT": ms("2019-12-01T00:00:00Z")}, minute)
-    assert windows["BTC/USDT"][0] == ms("2020-01-02T00:00:00Z")
+def test_a_window_never_leaves_the_runs_months() -> None:
+    minute = ms("2020-02-01T00:01:00Z")
+    windows = beat_windows({"BTC/USDT": [FEB]}, {"BTC/USDT": ms("2020-01-31T23:50:00Z")}, minute)
+    assert windows["BTC/USDT"][0] == ms("2020-02-01T00:00:00Z")
 
 
 class FakeExchangeClock:

@@ -23,7 +23,8 @@ from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
 from tradebeat_pipeline.store import CandleStore, open_store
 from tradebeat_pipeline_tests.conftest import ms
 
-OUTAGE_DAY = {"BTC/USDT": [date(2023, 3, 24)]}
+OUTAGE_MONTH = {"BTC/USDT": [date(2023, 3, 1)]}  # holds the real halt of 2023-03-24
+MONTH = 31 * 1440
 
 
 @pytest.fixture
@@ -57,32 +58,32 @@ def test_a_beat_skips_a_partition_the_sensor_has_not_registered_yet(store: Candl
     assert (list(plan.requested), plan.skipped) == (["BTC/USDT"], ["ETH/USDT"])
 
 
-def test_the_write_report_accounts_for_every_minute_of_the_outage_day(
+def test_the_write_report_accounts_for_every_minute_of_the_outage_month(
     store: CandleStore, sandbox: Sandbox, sandbox_server: SandboxServer
 ) -> None:
-    batch = backfill(sandbox_server, store, OUTAGE_DAY)
+    batch = backfill(sandbox_server, store, OUTAGE_MONTH)
     report = write(store, batch, now_ms=ms("2026-01-01T00:00:00Z"))
     assert batch.report is report  # what the checks read
-    (day,) = report.gaps["BTC/USDT"]
-    assert (day.expected, day.stored, day.explained, day.unexplained) == (1440, 1360, 80, 0)
-    assert report.total.inserted == 1360
+    (month,) = report.gaps["BTC/USDT"]
+    assert (month.expected, month.stored, month.explained, month.unexplained) == (MONTH, MONTH - 80, 80, 0)
+    assert report.total.inserted == MONTH - 80
     assert report.missing_minutes() == {"BTC/USDT": 80}
-    assert report.newest == {"BTC/USDT": ms("2023-03-24T23:59:00Z")}
+    assert report.newest == {"BTC/USDT": ms("2023-03-31T23:59:00Z")}
 
 
 def test_writing_the_same_batch_again_inserts_nothing(
     store: CandleStore, sandbox: Sandbox, sandbox_server: SandboxServer
 ) -> None:
-    write(store, backfill(sandbox_server, store, OUTAGE_DAY), now_ms=1)
-    again = write(store, backfill(sandbox_server, store, OUTAGE_DAY), now_ms=2)
-    assert (again.total.inserted, again.total.unchanged) == (0, 1360)
+    write(store, backfill(sandbox_server, store, OUTAGE_MONTH), now_ms=1)
+    again = write(store, backfill(sandbox_server, store, OUTAGE_MONTH), now_ms=2)
+    assert (again.total.inserted, again.total.unchanged) == (0, MONTH - 80)
 
 
 def test_a_batch_whose_fetch_reaches_outside_its_days_is_refused_and_stores_nothing(
     store: CandleStore, sandbox: Sandbox, sandbox_server: SandboxServer
 ) -> None:
-    batch = backfill(sandbox_server, store, OUTAGE_DAY)
-    batch.requested = {"BTC/USDT": [date(2023, 3, 25)]}  # as if the run were for another day
+    batch = backfill(sandbox_server, store, OUTAGE_MONTH)
+    batch.requested = {"BTC/USDT": [date(2023, 4, 1)]}  # as if the run were for another month
     with pytest.raises(ValueError, match="outside this run's partitions"):
         write(store, batch, now_ms=1)
     assert store.count_candles("BTC/USDT") == 0
@@ -91,9 +92,9 @@ def test_a_batch_whose_fetch_reaches_outside_its_days_is_refused_and_stores_noth
 def test_rows_outside_the_runs_partitions_are_refused_before_anything_is_written() -> None:
     candles = pd.DataFrame({"symbol": ["BTC/USDT"], "timestamp": [ms("2020-01-05T00:00:00Z")]})
     with pytest.raises(ValueError, match="outside this run's partitions"):
-        split_by_symbol(candles, {"BTC/USDT": [date(2020, 1, 1)]})
+        split_by_symbol(candles, {"BTC/USDT": [date(2019, 12, 1)]})
 
 
-def test_expected_minutes_counts_only_closed_minutes_of_today() -> None:
-    now = ms("2020-01-02T00:10:30Z")
-    assert expected_minutes([date(2020, 1, 1), date(2020, 1, 2)], now_ms=now) == 1440 + 10
+def test_expected_minutes_counts_only_closed_minutes_of_the_current_month() -> None:
+    now = ms("2020-02-02T00:10:30Z")
+    assert expected_minutes([date(2020, 1, 1), date(2020, 2, 1)], now_ms=now) == MONTH + 1440 + 10

@@ -109,15 +109,15 @@ def test_a_backfill_logs_to_its_file_and_to_the_runs_log_in_dagster_and_leaks_no
     monkeypatch.setenv("BINANCE_API_KEY", key)
     monkeypatch.setenv("BINANCE_SECRET_KEY", "LiveSecretValue0123456789")
     assert main(["symbols", "add", "BTC/USDT"]) == 0
-    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01", "--end", "2020-01"]) == 0
 
     log_dir = env.parent / "logs"
     (backfill_line,) = [line for line in lines(log_dir, "backfill") if "closed candles" in line]
-    assert "BTC/USDT: 1440 closed candles for 2020-01-01..2020-01-01" in backfill_line
+    assert "BTC/USDT: 44640 closed candles for 2020-01..2020-01" in backfill_line
     assert any("tradebeat backfill BTC/USDT" in line for line in lines(log_dir, "cli"))
     run = instance.get_run_records(limit=1)[0].dagster_run
     messages = [r.user_message for r in instance.all_logs(run.run_id)]
-    assert any("1440 closed candles" in m for m in messages)
+    assert any("44640 closed candles" in m for m in messages)
 
     stored = [p for p in env.parent.rglob("*") if p.is_file()]  # logs, the store, the Dagster home
     assert not [p for p in stored if key.encode() in p.read_bytes()]

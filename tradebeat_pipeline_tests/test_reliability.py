@@ -18,7 +18,9 @@ from tradebeat_pipeline_tests.conftest import archive_rows, ms, stored_rows, wai
 
 SIX = "timestamp, open, high, low, close, volume"
 
-THREE_DAYS = ["--start", "2020-01-01", "--end", "2020-01-03"]
+JANUARY = ["--start", "2020-01", "--end", "2020-01"]  # BTC/USDT: its first 3 days are the archive
+RECORDED = (ms("2020-01-01T00:00:00Z"), ms("2020-01-04T00:00:00Z"))
+MONTH = 31 * 1440
 
 
 def archive() -> list[tuple[int, float, float, float, float, float]]:
@@ -34,9 +36,9 @@ def test_a_backfill_through_ten_percent_faulted_requests_stores_every_candle_exa
     monkeypatch.setenv("EXCHANGE_TIMEOUT_SECONDS", "1")
     sandbox.slow_s = 1.5
     sandbox.chaos(0.10, seed=45)
-    assert main(["backfill", "BTC/USDT", *THREE_DAYS]) == 0
+    assert main(["backfill", "BTC/USDT", *JANUARY]) == 0
     assert (
-        stored_rows(btc, columns=SIX) == archive()
+        stored_rows(btc, columns=SIX, start=RECORDED[0], end=RECORDED[1]) == archive()
     )  # 4,320 candles, identical values, each once (primary key)
     assert sum(sandbox.faulted.values()) >= 1
 
@@ -45,12 +47,12 @@ def test_retry_after_is_honoured_and_a_418_stops_every_request_until_the_ban_end
     btc: Path, sandbox: Sandbox
 ) -> None:
     sandbox.inject("http_418", count=1, window=(ms("2020-01-01T16:40:00Z"), ms("2020-01-01T16:41:00Z")))
-    assert main(["backfill", "BTC/USDT", *THREE_DAYS]) == 0
+    assert main(["backfill", "BTC/USDT", *JANUARY]) == 0
     (banned_at,) = [t for t, answer in sandbox.klines_log if answer == "http_418"]
     later = [t - banned_at for t, _ in sandbox.klines_log if t - banned_at > 0.2]  # not already in flight
     assert later, "no request after the ban"
     assert min(later) >= 2.0  # Retry-After: 2, for every request of the client
-    assert len(stored_rows(btc, columns=SIX)) == 4320
+    assert len(stored_rows(btc, columns=SIX)) == MONTH
 
 
 def test_a_backfill_killed_mid_way_leaves_nothing_half_done_and_a_rerun_stores_each_candle_once(
@@ -59,7 +61,7 @@ def test_a_backfill_killed_mid_way_leaves_nothing_half_done_and_a_rerun_stores_e
     sandbox.slow_s = 60
     sandbox.inject("slow", count=None, window=(ms("2020-01-02T09:20:00Z"), ms("2020-01-02T09:21:00Z")))
     run = subprocess.Popen(
-        [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *THREE_DAYS],
+        [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *JANUARY],
         env=os.environ.copy(),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
@@ -74,9 +76,9 @@ def test_a_backfill_killed_mid_way_leaves_nothing_half_done_and_a_rerun_stores_e
     )  # one transaction per write: nothing of the killed run is stored
     assert instance.get_materialized_partitions(dg.AssetKey("ohlcv_1m")) == set()  # and none looks done
     sandbox.reset()
-    assert main(["backfill", "BTC/USDT", *THREE_DAYS]) == 0
-    assert stored_rows(btc, columns=SIX) == archive()
-    assert len(instance.get_materialized_partitions(dg.AssetKey("ohlcv_1m"))) == 3
+    assert main(["backfill", "BTC/USDT", *JANUARY]) == 0
+    assert stored_rows(btc, columns=SIX, start=RECORDED[0], end=RECORDED[1]) == archive()
+    assert instance.get_materialized_partitions(dg.AssetKey("ohlcv_1m")) == {"2020-01|BTC/USDT"}
 
 
 # One heartbeat run for BTC/USDT's 2020-01-02 in a process of its own; argv: the beat minute (ms).
@@ -84,9 +86,9 @@ HEARTBEAT = """
 import sys
 from datetime import date
 from tradebeat_pipeline.cli.runs import instance, materialize_beat
-day = date(2020, 1, 2)
+month = date(2020, 1, 1)
 with instance() as dagster:
-    result = materialize_beat(dagster, ["BTC/USDT"], day, day, int(sys.argv[1]))
+    result = materialize_beat(dagster, ["BTC/USDT"], month, month, int(sys.argv[1]))
 sys.exit(0 if result.success else 1)
 """
 
@@ -103,7 +105,7 @@ def test_a_heartbeat_and_a_backfill_writing_the_same_day_at_once_lose_nothing_an
                 argv, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
             )
             for argv in (
-                [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *THREE_DAYS],
+                [sys.executable, "-m", "tradebeat_pipeline.cli", "backfill", "BTC/USDT", *JANUARY],
                 [sys.executable, "-c", HEARTBEAT, str(ms("2020-01-02T23:59:00Z"))],
             )
         ]
@@ -122,4 +124,4 @@ def test_a_heartbeat_and_a_backfill_writing_the_same_day_at_once_lose_nothing_an
     outputs = [w.communicate(timeout=300)[0] for w in writers]
     assert [w.returncode for w in writers] == [0, 0], outputs
     assert not any("locked" in out for out in outputs)
-    assert stored_rows(btc, columns=SIX) == archive()
+    assert stored_rows(btc, columns=SIX, start=RECORDED[0], end=RECORDED[1]) == archive()

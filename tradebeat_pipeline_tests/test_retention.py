@@ -15,27 +15,27 @@ from tradebeat_pipeline.retention import BeatRunInfo, runs_to_delete
 from tradebeat_pipeline.sandbox.server import Sandbox
 from tradebeat_pipeline_tests.conftest import ms
 
-D1, D2 = date(2020, 1, 1), date(2020, 1, 2)
+JAN, FEB = date(2020, 1, 1), date(2020, 2, 1)
 
 
 def beat(run_id: str, minute: str, first: date, last: date, created_s: float = 0) -> BeatRunInfo:
     return BeatRunInfo(run_id, ms(minute), first, last, created_s)
 
 
-def test_old_beats_go_but_each_days_newest_beat_stays() -> None:
+def test_old_beats_go_but_each_months_newest_beat_stays() -> None:
     beats = [
-        beat("a", "2020-01-01T10:00:00Z", D1, D1),
-        beat("b", "2020-01-01T23:59:00Z", D1, D1),
-        beat("c", "2020-01-02T00:01:00Z", D1, D2),  # near midnight a beat also refreshes yesterday
-        beat("d", "2020-01-02T12:00:00Z", D2, D2),
+        beat("a", "2020-01-15T10:00:00Z", JAN, JAN),
+        beat("b", "2020-01-31T23:59:00Z", JAN, JAN),
+        beat("c", "2020-02-01T00:01:00Z", JAN, FEB),  # at a month's start a beat also ends the last one
+        beat("d", "2020-02-02T12:00:00Z", FEB, FEB),
     ]
     assert runs_to_delete(beats, older_than_s=1) == ["a", "b"]
 
 
 def test_beats_younger_than_the_retention_age_are_kept() -> None:
     beats = [
-        beat("a", "2020-01-01T10:00:00Z", D1, D1, created_s=100),
-        beat("b", "2020-01-01T11:00:00Z", D1, D1),
+        beat("a", "2020-01-01T10:00:00Z", JAN, JAN, created_s=100),
+        beat("b", "2020-01-01T11:00:00Z", JAN, JAN),
     ]
     assert runs_to_delete(beats, older_than_s=50) == []
 
@@ -51,13 +51,13 @@ def test_the_retention_job_deletes_old_beats_and_partition_status_stays_true(
 ) -> None:
     assert main(["symbols", "add", "BTC/USDT"]) == 0
     runs = [
-        run_beat(instance, "2020-01-01T10:00:00Z", D1, D1),
-        run_beat(instance, "2020-01-01T20:00:00Z", D1, D1),
-        run_beat(instance, "2020-01-02T00:01:00Z", D1, D2),
-        run_beat(instance, "2020-01-02T12:00:00Z", D2, D2),
+        run_beat(instance, "2020-01-31T10:00:00Z", JAN, JAN),
+        run_beat(instance, "2020-01-31T20:00:00Z", JAN, JAN),
+        run_beat(instance, "2020-02-01T00:01:00Z", JAN, FEB),
+        run_beat(instance, "2020-02-01T12:00:00Z", FEB, FEB),
     ]
     materialized = instance.get_materialized_partitions(ohlcv_1m.key)
-    assert materialized == {"2020-01-01|BTC/USDT", "2020-01-02|BTC/USDT"}
+    assert materialized == {"2020-01|BTC/USDT", "2020-02|BTC/USDT"}
 
     monkeypatch.setenv("RUN_RETENTION_DAYS", "0")
     job = defs.resolve_job_def("retention_job")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tradebeat_pipeline.candles import CANDLE_COLUMNS
-from tradebeat_pipeline.rollups import export_parquet, rollup
+from tradebeat_pipeline.rollups import export_parquet, rollup, windows_to_recompute
 from tradebeat_pipeline_tests.conftest import archive_rows, ms
 
 DAY_START = ms("2023-03-24T00:00:00Z")
@@ -101,3 +101,20 @@ def test_an_export_is_zstd_parquet_that_reads_back_identical(
     assert codecs == {"ZSTD"}
     assert back["timestamp"].tolist() == outage_day["timestamp"].tolist()
     assert back["close"].tolist() == outage_day["close"].tolist()
+
+
+MARCH = (ms("2023-03-01T00:00:00Z"), ms("2023-03-24T10:00:00Z"))  # a current month, up to now
+
+
+def test_a_month_never_rolled_up_is_computed_whole() -> None:
+    assert windows_to_recompute(*MARCH, previous_ms=None, changed_days=[]) == [MARCH]
+
+
+def test_a_month_rolled_up_before_recomputes_only_changed_days_and_those_the_clock_passed_through() -> None:
+    windows = windows_to_recompute(
+        *MARCH, previous_ms=ms("2023-03-23T22:00:00Z"), changed_days=[ms("2023-03-05T00:00:00Z")]
+    )
+    assert windows == [
+        (ms("2023-03-05T00:00:00Z"), ms("2023-03-06T00:00:00Z")),  # a correction landed there
+        (ms("2023-03-23T00:00:00Z"), MARCH[1]),  # the buckets since the last run, empty ones too
+    ]

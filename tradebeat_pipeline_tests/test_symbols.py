@@ -7,7 +7,7 @@ import pytest
 from tradebeat_pipeline.symbols import (
     SymbolError,
     SymbolsCursor,
-    history_days,
+    history_months,
     normalize_symbol,
     onboarding_runs,
     plan_symbols,
@@ -22,10 +22,14 @@ def test_symbols_new_in_partitions_or_setting_are_candidates_and_vanished_ones_r
     assert plan.retired == ["SOL/USDT"]
 
 
+def test_onboarding_loads_the_whole_months_covering_the_backfill_minutes() -> None:
+    assert history_months(ms("2020-01-10T12:00:00Z"), 1440, None) == (date(2020, 1, 1), date(2020, 1, 1))
+    assert history_months(ms("2020-02-01T12:00:00Z"), 1440, None) == (date(2020, 1, 1), date(2020, 2, 1))
+
+
 def test_a_readded_symbol_backfills_from_its_newest_stored_candle() -> None:
-    now = ms("2020-01-10T12:00:00Z")
-    assert history_days(now, 1440, None) == (date(2020, 1, 9), date(2020, 1, 10))
-    assert history_days(now, 1440, ms("2020-01-03T05:00:00Z")) == (date(2020, 1, 3), date(2020, 1, 10))
+    now = ms("2020-03-10T12:00:00Z")
+    assert history_months(now, 1440, ms("2020-01-03T05:00:00Z")) == (date(2020, 1, 1), date(2020, 3, 1))
 
 
 def test_the_cursor_survives_a_round_trip() -> None:
@@ -33,16 +37,16 @@ def test_the_cursor_survives_a_round_trip() -> None:
     assert SymbolsCursor.load(cursor.dump()) == cursor
 
 
-def test_symbols_onboarded_together_share_one_run_unless_their_days_or_neighbours_differ() -> None:
-    day = (date(2020, 1, 9), date(2020, 1, 10))
-    older = (date(2020, 1, 3), date(2020, 1, 10))
+def test_symbols_onboarded_together_share_one_run_unless_their_months_or_neighbours_differ() -> None:
+    day = (date(2020, 1, 1), date(2020, 2, 1))
+    older = (date(2019, 11, 1), date(2020, 2, 1))
     order = ["A/USDT", "B/USDT", "OLD/USDT", "C/USDT", "D/USDT", "E/USDT"]
     history = {"A/USDT": day, "B/USDT": day, "C/USDT": day, "D/USDT": older, "E/USDT": older}
     runs = onboarding_runs(order, history)
-    assert [(r.symbols, r.first_day) for r in runs] == [
-        (["A/USDT", "B/USDT"], date(2020, 1, 9)),  # OLD/USDT between them must not be re-fetched
-        (["C/USDT"], date(2020, 1, 9)),
-        (["D/USDT", "E/USDT"], date(2020, 1, 3)),
+    assert [(r.symbols, r.first_month) for r in runs] == [
+        (["A/USDT", "B/USDT"], date(2020, 1, 1)),  # OLD/USDT between them must not be re-fetched
+        (["C/USDT"], date(2020, 1, 1)),
+        (["D/USDT", "E/USDT"], date(2019, 11, 1)),
     ]
 
 

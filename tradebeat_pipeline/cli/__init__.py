@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from tradebeat_pipeline.errors import Failed, Refused
 from tradebeat_pipeline.symbols import normalize_symbol
-from tradebeat_pipeline.timewindows import EXCHANGE_EPOCH, parse_day, parse_instant, utc_today
+from tradebeat_pipeline.timewindows import (
+    EXCHANGE_EPOCH,
+    FIRST_MONTH,
+    month_of,
+    parse_day,
+    parse_day_or_month,
+    parse_instant,
+    utc_today,
+)
 
 if TYPE_CHECKING:
     from tradebeat_pipeline.settings import Settings
@@ -113,6 +121,31 @@ def _sandbox(args: argparse.Namespace) -> None:
             raise Refused(f"--now {exc}") from None
 
 
+def _backfill_range(args: argparse.Namespace) -> None:
+    _symbol(args)
+    args.start, args.end = history_range(args.start, args.end)
+
+
+def history_range(start_text: str, end_text: str, today: date | None = None) -> tuple[date, date]:
+    """--start/--end of a backfill, each `YYYY-MM` (a whole month) or `YYYY-MM-DD`: in order, from
+    Binance's first month to the current one (UTC). Returns the first and the last day they name."""
+    try:
+        (start, start_is_month), (end, end_is_month) = (
+            parse_day_or_month(start_text),
+            parse_day_or_month(end_text, end=True),
+        )
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    today = today or utc_today()
+    if start > end:
+        raise Refused(f"--start {start_text} is after --end {end_text}")
+    if (month_of(start) if start_is_month else start) < (FIRST_MONTH if start_is_month else EXCHANGE_EPOCH):
+        raise Refused(f"--start {start_text} is before {EXCHANGE_EPOCH}, when Binance spot trading began")
+    if (month_of(end) > month_of(today)) if end_is_month else (end > today):
+        raise Refused(f"--end {end_text} is in the future (today is {today} UTC)")
+    return start, min(end, today)
+
+
 def day_range(start_text: str, end_text: str, today: date | None = None) -> tuple[date, date]:
     """--start/--end as dates: well formed, in order, from Binance's first day to today (UTC)."""
     try:
@@ -188,15 +221,15 @@ def _history_commands(commands: Subcommands) -> None:
         commands,
         "backfill",
         "history:backfill",
-        _symbol_and_range,
-        help="load whole UTC days as ONE Dagster run",
+        _backfill_range,
+        help="load the whole UTC months covering a range as ONE Dagster run",
     )
-    _range_arguments(backfill)
+    _range_arguments(backfill, "YYYY-MM[-DD]")
     backfill.add_argument(
         "--rollups",
         action="store_true",
-        help="also compute the 5m/1h/1d rollups of those days in the same run (costs Dagster "
-        "bookkeeping for three more assets per day)",
+        help="also compute the 5m/1h/1d rollups of those months in the same run (costs Dagster "
+        "bookkeeping for three more assets per month)",
     )
 
     status = command(
@@ -262,7 +295,7 @@ def _service_commands(commands: Subcommands) -> None:
     )
 
 
-def _range_arguments(parser: argparse.ArgumentParser) -> None:
+def _range_arguments(parser: argparse.ArgumentParser, form: str = "YYYY-MM-DD") -> None:
     parser.add_argument("symbol", metavar="SYMBOL")
-    parser.add_argument("--start", required=True, metavar="YYYY-MM-DD")
-    parser.add_argument("--end", required=True, metavar="YYYY-MM-DD", help="inclusive")
+    parser.add_argument("--start", required=True, metavar=form)
+    parser.add_argument("--end", required=True, metavar=form, help="inclusive")

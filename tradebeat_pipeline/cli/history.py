@@ -1,6 +1,6 @@
-"""`tradebeat backfill` and `tradebeat gaps`: load history as ONE Dagster run, and account for every
-minute of a range (repairing its unexplained holes with another run when asked). Dagster is imported
-only by what launches a run: a plain `gaps` reads the store alone."""
+"""`tradebeat backfill` and `tradebeat gaps`: load whole months of history as ONE Dagster run, and
+account for every minute of a day range (repairing its unexplained holes with another run when
+asked). Dagster is imported only by what launches a run: a plain `gaps` reads the store alone."""
 
 import argparse
 import asyncio
@@ -14,7 +14,16 @@ from tradebeat_pipeline.errors import Refused
 from tradebeat_pipeline.quality import UNEXPLAINED, GapReport
 from tradebeat_pipeline.settings import Settings
 from tradebeat_pipeline.store import CandleStore, open_store
-from tradebeat_pipeline.timewindows import day_window, iso_utc, last_closed_minute, utc_day
+from tradebeat_pipeline.timewindows import (
+    day_window,
+    iso_utc,
+    last_closed_minute,
+    month_key,
+    month_of,
+    months_between,
+    next_month,
+    utc_today,
+)
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -23,6 +32,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def backfill(args: argparse.Namespace, settings: Settings) -> int:
+    """The whole months covering --start..--end as ONE run (a month is the partition: loading part
+    of one would show it materialized while it is not), saying so when a day range was widened."""
     from tradebeat_pipeline.cli.runs import instance
     from tradebeat_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
 
@@ -35,39 +46,44 @@ def backfill(args: argparse.Namespace, settings: Settings) -> int:
     with instance() as dagster:
         if not dagster.has_dynamic_partition(SYMBOLS_PARTITIONS_NAME, symbol):
             raise Refused(f"{symbol} has no Dagster partition; run `tradebeat symbols add {symbol}`")
-        first_ms = asyncio.run(_first_candle(symbol))
-        if first_ms is None:
-            print(f"{symbol}: the exchange has no candles at all; nothing to backfill")
-            return EXIT_OK
-        first_day = utc_day(first_ms)
-        if end < first_day:
-            print(
-                f"{symbol}: the exchange's first candle is {iso_utc(first_ms)}; "
-                f"{start}..{end} lies before it, nothing to backfill"
-            )
-            return EXIT_OK
-        if start < first_day:
-            print(
-                f"{symbol}: the exchange's first candle is {iso_utc(first_ms)}; "
-                f"skipping {start}..{first_day - timedelta(days=1)}"
-            )
-            start = first_day
-        return run_backfill(symbol, start, end, rollups=args.rollups)
+    first, last = month_of(start), month_of(end)
+    if start != first or end != min(next_month(last) - timedelta(days=1), utc_today()):
+        print(f"{symbol}: {start}..{end} widened to the whole months {month_key(first)}..{month_key(last)}")
+    first_ms = asyncio.run(_first_candle(symbol))
+    if first_ms is None:
+        print(f"{symbol}: the exchange has no candles at all; nothing to backfill")
+        return EXIT_OK
+    listed = month_of(first_ms)
+    if last < listed:
+        print(
+            f"{symbol}: the exchange's first candle is {iso_utc(first_ms)}; "
+            f"{month_key(first)}..{month_key(last)} lies before it, nothing to backfill"
+        )
+        return EXIT_OK
+    if first < listed:
+        skipped = months_between(first, listed)[:-1]
+        print(
+            f"{symbol}: the exchange's first candle is {iso_utc(first_ms)}; "
+            f"skipping {month_key(skipped[0])}..{month_key(skipped[-1])}"
+        )
+        first = listed
+    return run_backfill(symbol, first, last, rollups=args.rollups)
 
 
 def run_backfill(
-    symbol: str, start: date, end: date, *, rollups: bool = False, out: TextIO | None = None
+    symbol: str, first: date, last: date, *, rollups: bool = False, out: TextIO | None = None
 ) -> int:
-    """Days start..end of one symbol as ONE run recorded in the instance, with a progress bar, and
-    what it stored (or why it failed) in a few lines."""
+    """Months first..last of one symbol as ONE run recorded in the instance, with a progress bar,
+    and what it stored (or why it failed) in a few lines."""
     from tradebeat_pipeline.cli.runs import instance, materialize_history
 
     out = out or sys.stdout
-    days = (end - start).days + 1
-    print(f"{symbol}: backfilling {start}..{end} ({days} day{'s' * (days != 1)}) as one run", file=out)
+    months = len(months_between(first, last))
+    span = f"{month_key(first)}..{month_key(last)} ({months} month{'s' * (months != 1)})"
+    print(f"{symbol}: backfilling {span} as one run", file=out)
     with instance() as dagster, progress.shown():
-        result = materialize_history(dagster, [symbol], start, end, rollups=rollups)
-    return _report(symbol, start, end, result, out)
+        result = materialize_history(dagster, [symbol], first, last, rollups=rollups)
+    return _report(symbol, first, last, result, out)
 
 
 def _report(symbol: str, start: date, end: date, result: "dg.ExecuteInProcessResult", out: TextIO) -> int:
@@ -109,11 +125,12 @@ def _report(symbol: str, start: date, end: date, result: "dg.ExecuteInProcessRes
             file=sys.stderr,
         )
     if not checks[GAPS_EXPLAINED].passed:
-        reasons = stored.fetch_failures or []
+        reasons = ": " + " | ".join(stored.fetch_failures) if stored.fetch_failures else ""
+        last_day = min(next_month(end) - timedelta(days=1), utc_today())
         print(
-            f"tradebeat: {symbol}: {gaps.unexplained_minutes} minutes of {start}..{end} could not "
-            f"be fetched{': ' + ' | '.join(reasons) if reasons else ''}; "
-            f"`tradebeat gaps {symbol} --start {start} --end {end} --repair` asks again",
+            f"tradebeat: {symbol}: {gaps.unexplained_minutes} minutes of {month_key(start)}.."
+            f"{month_key(end)} could not be fetched{reasons}; "
+            f"`tradebeat gaps {symbol} --start {start} --end {last_day} --repair` asks again",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -137,8 +154,8 @@ def gaps(args: argparse.Namespace, settings: Settings) -> int:
     if args.repair and report.unexplained:
         if not active:
             raise Refused(f"{symbol} is not active; add it again to repair its holes")
-        first = utc_day(min(h.start for h in report.holes if h.kind in UNEXPLAINED))
-        last = utc_day(max(h.end for h in report.holes if h.kind in UNEXPLAINED))
+        first = month_of(min(h.start for h in report.holes if h.kind in UNEXPLAINED))
+        last = month_of(max(h.end for h in report.holes if h.kind in UNEXPLAINED))
         # In JSON mode stdout carries only the report.
         run_backfill(symbol, first, last, rollups=True, out=sys.stderr if args.json else sys.stdout)
         with open_store(settings) as store:

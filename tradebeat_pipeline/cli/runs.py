@@ -35,8 +35,8 @@ def materialize_history(
     rollups: bool = False,
     log_level: str = "INFO",
 ) -> dg.ExecuteInProcessResult:
-    """Days first..last of adjacent symbols (in partition order) as ONE backfill run, its rollups
-    too when asked (each asset adds Dagster's per-partition bookkeeping, ~60 ms a day)."""
+    """Months first..last of adjacent symbols (in partition order) as ONE backfill run, its rollups
+    too when asked (each asset adds Dagster's per-partition bookkeeping, ~60 ms a partition)."""
     ordered = list(symbols)
     return dg.materialize(
         [ohlcv_1m, *ROLLUP_ASSETS] if rollups else [ohlcv_1m],
@@ -51,7 +51,7 @@ def materialize_history(
 def materialize_beat(
     dagster: dg.DagsterInstance, symbols: Iterable[str], first: date, last: date, minute_ms: int
 ) -> dg.ExecuteInProcessResult:
-    """One heartbeat run for `minute_ms` over days first..last of adjacent symbols, as the schedule
+    """One heartbeat run for `minute_ms` over months first..last of adjacent symbols, as the schedule
     would launch it (without its queue and priority tags)."""
     ordered = list(symbols)
     return dg.materialize(

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import date
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -15,12 +16,24 @@ import pandas as pd
 from tradebeat_pipeline.budget import Lane
 from tradebeat_pipeline.candles import SYMBOL_COLUMN
 from tradebeat_pipeline.defs.checks import CHECK_SPECS, evaluate
-from tradebeat_pipeline.defs.partitions import BEAT_MINUTE_TAG, candle_partitions, days_by_symbol
+from tradebeat_pipeline.defs.partitions import (
+    BEAT_MINUTE_TAG,
+    candle_partitions,
+    months_by_symbol,
+    partition_key,
+)
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource, run_settings
 from tradebeat_pipeline.exchange import Exchange
 from tradebeat_pipeline.ingest import Batch, IngestError, fetch_backfill, fetch_beat, plan_run
-from tradebeat_pipeline.rollups import ROLLUP_COLUMNS, ROLLUP_TIMEFRAMES, rollup
-from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, day_windows, iso_utc, last_closed_minute, now_ms
+from tradebeat_pipeline.rollups import ROLLUP_COLUMNS, ROLLUP_TIMEFRAMES, rollup, windows_to_recompute
+from tradebeat_pipeline.timewindows import (
+    DAY_MS,
+    MINUTE_MS,
+    iso_utc,
+    last_closed_minute,
+    month_window,
+    now_ms,
+)
 
 if TYPE_CHECKING:
     from tradebeat_pipeline.chart import SymbolChart
@@ -28,6 +41,9 @@ if TYPE_CHECKING:
 # Component loggers: their lines go to logs/<component>.log and, inside runs, to the run's log in
 # the UI (`tradebeat` is a managed Python logger of the instance).
 beat_log = logging.getLogger("tradebeat.heartbeat")
+# How far before a rollup's last materialization its next run looks for changed candles: longer than
+# any write that could have overlapped it (a beat's lasts seconds, a backfill's run is its own).
+ROLLUP_OVERLAP_MS = 10 * MINUTE_MS
 chart_log = logging.getLogger("tradebeat.chart")
 
 # BackfillPolicy.single_run() is marked beta; it is the documented way to load a range as one run.
@@ -45,11 +61,12 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", categor
 def ohlcv_1m(
     context: dg.AssetExecutionContext, exchange: ExchangeResource, store: StoreResource
 ) -> Iterator[dg.Output[Batch] | dg.AssetCheckResult]:
-    """Closed 1-minute OHLCV candles; one partition is one UTC day of one symbol.
+    """Closed 1-minute OHLCV candles; one partition is one UTC month of one symbol.
 
-    A backfill fetches its whole days, one window per symbol, all symbols at once (a year of
-    history is one run). A heartbeat fetches only what each symbol lacks up to its minute. Both ask
-    again about unexplained holes in their days, and record the holes their answers reveal.
+    A backfill fetches its whole months (up to now for the current one), one window per symbol, all
+    symbols at once (years of history are one run). A heartbeat fetches only what each symbol lacks
+    up to its minute. Both ask again about unexplained holes in their months, and record the holes
+    their answers reveal.
     """
     settings = run_settings()
     beat_tag = context.run.tags.get(BEAT_MINUTE_TAG)
@@ -57,7 +74,7 @@ def ohlcv_1m(
     try:
         with store.open() as candles:
             plan = plan_run(
-                candles, days_by_symbol(context.partition_keys), beat_minute=beat_minute, now_ms=now_ms()
+                candles, months_by_symbol(context.partition_keys), beat_minute=beat_minute, now_ms=now_ms()
             )
         for symbol in plan.skipped:  # a partition the symbols sensor has not validated yet
             beat_log.warning("%s: skipped this beat, not registered yet", symbol)
@@ -94,18 +111,28 @@ def _rollup_asset(timeframe: str) -> dg.AssetsDefinition:
         group_name="candles",
         kinds={"duckdb", "sqlite"},
         metadata={"timeframe": timeframe},
-        ins={"candles": dg.AssetIn("ohlcv_1m")},
+        deps=[ohlcv_1m],
         description=f"{timeframe} candles rolled up from the 1-minute candles with DuckDB: first open, "
-        "max high, min low, last close, summed volume; every bucket of the days appears, and one "
-        "missing minutes is marked incomplete (`minutes`, `complete`), never hidden.",
+        "max high, min low, last close, summed volume; every bucket of the months appears, and one "
+        "missing minutes is marked incomplete (`minutes`, `complete`), never hidden. The current "
+        "month recomputes only the days whose candles changed since its last rollup.",
     )
-    def rollup_asset(context: dg.AssetExecutionContext, candles: pd.DataFrame) -> pd.DataFrame:
+    def rollup_asset(context: dg.AssetExecutionContext, store: StoreResource) -> pd.DataFrame:
+        until = last_closed_minute()
         frames = []
-        for symbol, days in days_by_symbol(context.partition_keys).items():
-            own = candles[candles[SYMBOL_COLUMN] == symbol]
-            for start, end in day_windows(days, until_ms=last_closed_minute()):
-                in_run = own[(own["timestamp"] >= start) & (own["timestamp"] < end)]
-                frames.append(rollup(in_run, timeframe, start, end).assign(**{SYMBOL_COLUMN: symbol}))
+        with store.open() as candles:
+            for symbol, months in months_by_symbol(context.partition_keys).items():
+                for month in months:
+                    start, end = month_window(month)
+                    end = min(end, until)
+                    previous = _rolled_up_at(context, month, symbol) if end == until else None
+                    changed = [] if previous is None else candles.days_changed(symbol, start, end, previous)
+                    for a, b in windows_to_recompute(start, end, previous_ms=previous, changed_days=changed):
+                        frames.append(
+                            rollup(candles.read_candles(symbol, a, b), timeframe, a, b).assign(
+                                **{SYMBOL_COLUMN: symbol}
+                            )
+                        )
         return (
             pd.concat(frames, ignore_index=True)
             if frames
@@ -113,6 +140,17 @@ def _rollup_asset(timeframe: str) -> dg.AssetsDefinition:
         )
 
     return rollup_asset
+
+
+def _rolled_up_at(context: dg.AssetExecutionContext, month: date, symbol: str) -> int | None:
+    """Since when this rollup partition may be stale: its last materialization (epoch ms) less the
+    overlap, or None if it never was materialized."""
+    key = str(partition_key(month, symbol))
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[key]), limit=1
+    ).records
+    # A candle written while that rollup ran may carry an earlier ingested_at than its commit.
+    return int(records[0].timestamp * 1000) - ROLLUP_OVERLAP_MS if records else None
 
 
 ohlcv_5m, ohlcv_1h, ohlcv_1d = (_rollup_asset(t) for t in ROLLUP_TIMEFRAMES)

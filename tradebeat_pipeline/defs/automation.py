@@ -23,17 +23,17 @@ from tradebeat_pipeline.defs.partitions import (
 )
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource, run_settings
 from tradebeat_pipeline.exchange import SymbolNotListed, SymbolNotTrading
-from tradebeat_pipeline.heartbeat import beat_days
+from tradebeat_pipeline.heartbeat import beat_months
 from tradebeat_pipeline.retention import BeatRunInfo, runs_to_delete
 from tradebeat_pipeline.symbols import (
     SymbolError,
     SymbolsCursor,
-    history_days,
+    history_months,
     normalize_symbol,
     onboarding_runs,
     plan_symbols,
 )
-from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, now_ms
+from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, month_key, month_of, now_ms
 
 symbols_log = logging.getLogger("tradebeat.symbols")
 retention_log = logging.getLogger("tradebeat.retention")
@@ -71,14 +71,15 @@ chart_job = dg.define_asset_job("chart_job", selection=[price_chart], executor_d
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 def rollups_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    """Every 15 minutes, today's 5m/1h/1d buckets of every symbol as ONE run (not every beat)."""
+    """Every 15 minutes, the current month's 5m/1h/1d buckets of every symbol as ONE run (not every
+    beat); each run recomputes only the days whose candles changed since the last one."""
     symbols = context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
     if not symbols:
         return dg.SkipReason("no symbols registered")
-    day = context.scheduled_execution_time.astimezone(UTC).date()
+    month = month_of(context.scheduled_execution_time.astimezone(UTC).date())
     return dg.RunRequest(
         run_key=f"rollups-{context.scheduled_execution_time.isoformat()}",
-        tags={**range_tags((day, symbols[0]), (day, symbols[-1])), KIND_TAG: Kind.ROLLUPS},
+        tags={**range_tags((month, symbols[0]), (month, symbols[-1])), KIND_TAG: Kind.ROLLUPS},
     )
 
 
@@ -103,7 +104,7 @@ def chart_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg.RunRequest | dg.SkipReason:
-    """Every minute, ONE run over every symbol's latest day(s) that stores the minute now open once
+    """Every minute, ONE run over every symbol's latest month(s) that stores the minute now open once
     it has closed (the run waits for the close plus HEARTBEAT_BUFFER_SECONDS).
 
     Beats never overlap: the run queue admits one `tradebeat/kind=heartbeat` run at a time
@@ -125,7 +126,7 @@ def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg
     with store.open() as candles:
         newest = candles.newest_candles(symbols)
     oldest = min((t for t in newest.values() if t is not None), default=None)
-    first, last = beat_days(minute_ms, oldest)
+    first, last = beat_months(minute_ms, oldest)
     return dg.RunRequest(
         run_key=f"beat-{minute_ms}",
         tags={
@@ -178,7 +179,7 @@ def symbols_sensor(
             newest = candles.newest_candles([symbol])[symbol]
         if symbol not in partitions and symbol not in add:
             add.append(symbol)
-        history[symbol] = history_days(now, settings.backfill_minutes, newest)
+        history[symbol] = history_months(now, settings.backfill_minutes, newest)
         cursor.onboarded.add(symbol)
 
     order = [p for p in partitions if p not in delete] + add  # partition order once requests apply
@@ -189,7 +190,7 @@ def symbols_sensor(
             dg.RunRequest(
                 run_key=f"onboard-{first}-{last}-{now}",
                 tags={
-                    **range_tags((group.first_day, first), (group.last_day, last)),
+                    **range_tags((group.first_month, first), (group.last_month, last)),
                     KIND_TAG: Kind.BACKFILL,
                     ONBOARD_TAG: span,
                 },
@@ -198,7 +199,8 @@ def symbols_sensor(
         _both(
             context,
             logging.INFO,
-            f"onboarded {span}: backfilling {group.first_day}..{group.last_day} as one run",
+            f"onboarded {span}: backfilling {month_key(group.first_month)}..{month_key(group.last_month)} "
+            "as one run",
         )
 
     for symbol in plan.retired:
@@ -246,8 +248,8 @@ async def _validate(exchange: ExchangeResource, raws: list[str]) -> dict[str, tu
 
 @dg.op
 def prune_heartbeat_runs(context: dg.OpExecutionContext) -> None:
-    """Delete heartbeat runs older than RUN_RETENTION_DAYS, keeping each day's newest beat (it holds
-    that day's latest materialization, so partition status stays true)."""
+    """Delete heartbeat runs older than RUN_RETENTION_DAYS, keeping each month's newest beat (it holds
+    that month's latest materialization, so partition status stays true)."""
     settings = run_settings()
     cutoff = time.time() - settings.run_retention_days * DAY_MS / 1000
     beats = []
@@ -277,7 +279,7 @@ def prune_heartbeat_runs(context: dg.OpExecutionContext) -> None:
 
 @dg.job
 def retention_job() -> None:
-    """Bounds the instance: old heartbeat runs go, each day's newest beat stays."""
+    """Bounds the instance: old heartbeat runs go, each month's newest beat stays."""
     prune_heartbeat_runs()
 
 

@@ -31,7 +31,8 @@ CHECK_SPECS = [
         GAPS_EXPLAINED,
         asset="ohlcv_1m",
         description="Every closed minute of the run's partitions is stored or a hole the exchange "
-        "itself has (kind `exchange`). Holes that are `pending` or `fetch_failed` fail the check.",
+        "itself has (kind `exchange`). Holes that are `pending` or `fetch_failed` fail the check. A "
+        "heartbeat judges the minutes it fetched plus the holes recorded in its months.",
     ),
     dg.AssetCheckSpec(
         FRESH,
@@ -49,7 +50,8 @@ def evaluate(store: CandleStore, batch: Batch, *, freshness_minutes: int) -> Ite
     if report is None:
         raise RuntimeError("the batch was not written: the IO manager records its report before checks")
     yield ohlc_valid(batch.candles)
-    yield gaps_explained([r for reports in report.gaps.values() for r in reports])
+    elsewhere = [(s, h) for s, holes in report.holes_elsewhere.items() for h in holes]
+    yield gaps_explained([r for reports in report.gaps.values() for r in reports], elsewhere)
     yield fresh(store, batch.windows(), report.newest, freshness_minutes)
 
 
@@ -86,9 +88,14 @@ def ohlc_valid(candles: pd.DataFrame) -> dg.AssetCheckResult:
     )
 
 
-def gaps_explained(reports: Sequence[GapReport]) -> dg.AssetCheckResult:
-    holes = [(r.symbol, h) for r in reports for h in r.holes]
+def gaps_explained(
+    reports: Sequence[GapReport], elsewhere: Sequence[tuple[str, Hole]] = ()
+) -> dg.AssetCheckResult:
+    """Every judged minute stored or the exchange's own hole; for a beat, which judges only what it
+    fetched, also no unexplained hole recorded elsewhere in its months (`elsewhere`)."""
+    holes = [(r.symbol, h) for r in reports for h in r.holes] + list(elsewhere)
     unexplained = sum(r.unexplained for r in reports)
+    unexplained_elsewhere = sum(h.minutes for _, h in elsewhere)
     metadata = GapsMetadata(
         expected_minutes=sum(r.expected for r in reports),
         stored=sum(r.stored for r in reports),
@@ -96,11 +103,12 @@ def gaps_explained(reports: Sequence[GapReport]) -> dg.AssetCheckResult:
         explained_minutes=sum(r.explained for r in reports),
         unexplained_minutes=unexplained,
         holes=len(holes),
+        unexplained_elsewhere_minutes=unexplained_elsewhere if elsewhere else None,
     )
     extra = {"hole_list": dg.MetadataValue.md(_holes_markdown(holes))} if holes else {}
     return dg.AssetCheckResult(
         check_name=GAPS_EXPLAINED,
-        passed=unexplained == 0,
+        passed=unexplained + unexplained_elsewhere == 0,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata=metadata.as_dict(**extra),
     )

@@ -13,10 +13,10 @@ import pandas as pd
 
 from tradebeat_pipeline.candles import SYMBOL_COLUMN, with_symbols
 from tradebeat_pipeline.defs.metadata import RunMetadata
-from tradebeat_pipeline.defs.partitions import days_by_symbol
+from tradebeat_pipeline.defs.partitions import months_by_symbol
 from tradebeat_pipeline.defs.resources import StoreResource
 from tradebeat_pipeline.ingest import Batch, write
-from tradebeat_pipeline.timewindows import MINUTE_MS, day_windows, iso_utc, now_ms
+from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc, month_windows, now_ms
 
 beat_log = logging.getLogger("tradebeat.heartbeat")
 backfill_log = logging.getLogger("tradebeat.backfill")
@@ -31,7 +31,7 @@ class CandleIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Batch) -> None:
         # asset_partition_key_range would enumerate every day since 2017 and cannot describe a run
         # over several symbols; the key collection is exact and cheap.
-        requested = days_by_symbol(context.asset_partition_keys)
+        requested = months_by_symbol(context.asset_partition_keys)
         if set(obj.requested) - set(requested):
             raise ValueError(f"a batch for symbols outside this run's partitions: {sorted(obj.requested)}")
         (beat_log if obj.beat_minute is not None else backfill_log).info(
@@ -44,11 +44,11 @@ class CandleIOManager(dg.ConfigurableIOManager):
             _log_beat(obj)
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
-        requested = days_by_symbol(context.asset_partition_keys)
+        requested = months_by_symbol(context.asset_partition_keys)
         frames: dict[str, list[pd.DataFrame]] = {}
         with self.store.open() as store:
-            for symbol, days in requested.items():
-                frames[symbol] = [store.read_candles(symbol, a, b) for a, b in day_windows(days)]
+            for symbol, months in requested.items():
+                frames[symbol] = [store.read_candles(symbol, a, b) for a, b in month_windows(months)]
         return with_symbols({s: pd.concat(f, ignore_index=True) for s, f in frames.items()})
 
 
@@ -92,11 +92,11 @@ class RollupIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         timeframe = str(context.upstream_output.definition_metadata["timeframe"])  # type: ignore[union-attr]
-        requested = days_by_symbol(context.asset_partition_keys)
+        requested = months_by_symbol(context.asset_partition_keys)
         frames: list[pd.DataFrame] = []
         with self.store.open() as store:
-            for symbol, days in requested.items():
-                for a, b in day_windows(days):
+            for symbol, months in requested.items():
+                for a, b in month_windows(months):
                     frame = store.read_rollups(symbol, timeframe, a, b)
                     frames.append(frame.assign(**{SYMBOL_COLUMN: symbol}))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -90,7 +90,8 @@ class OhlcMetadata(_Metadata):
 
 @dataclasses.dataclass(frozen=True)
 class GapsMetadata(_Metadata):
-    """The `gaps_explained` check: expected = stored + explained + unexplained."""
+    """The `gaps_explained` check: expected = stored + explained + unexplained over the judged
+    windows; a beat adds the unexplained minutes recorded elsewhere in its months."""
 
     expected_minutes: int
     stored: int
@@ -98,6 +99,7 @@ class GapsMetadata(_Metadata):
     explained_minutes: int
     unexplained_minutes: int
     holes: int
+    unexplained_elsewhere_minutes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -188,6 +188,52 @@ def _uniform(keys: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+@dataclass
+class WholeMonths:
+    """Recorded candles, with the unrecorded days of every month the recording touches made up.
+
+    On Binance every month of a listed symbol is whole but for the exchange's own outages; a
+    recording covers a few days. tradebeat loads whole months, so here each recorded day is served
+    exactly as recorded (its holes, like the 2023-03-24 halt, stay holes) and every other day of
+    those months comes from a `SyntheticSeries` starting near the recording's first price.
+    """
+
+    recorded: RecordedSeries
+
+    def __post_init__(self) -> None:
+        days = {t - t % DAY_MS for t in self.recorded.times}
+        self.filler = SyntheticSeries(0, base_price=float(self.recorded.rows[0][4]))
+        fill: list[tuple[int, int]] = []
+        for month in sorted({_month_start(d) for d in days}):
+            day = month
+            while _month_start(day) == month:
+                if day not in days:
+                    if fill and fill[-1][1] == day:
+                        fill[-1] = (fill[-1][0], day + DAY_MS)
+                    else:
+                        fill.append((day, day + DAY_MS))
+                day += DAY_MS
+        self.fill = fill  # [start, end) windows served by the filler
+
+    def first_open_time(self) -> int | None:
+        recorded = self.recorded.first_open_time()
+        starts = [t for t in (recorded, self.fill[0][0] if self.fill else None) if t is not None]
+        return min(starts) if starts else None
+
+    def klines(self, start_ms: int, end_ms: int, limit: int) -> list[Kline]:
+        rows = self.recorded.klines(start_ms, end_ms, limit)
+        for a, b in self.fill:
+            if a <= end_ms and start_ms < b:
+                rows += self.filler.klines(max(start_ms, a), min(end_ms, b - 1), limit)
+        rows.sort(key=lambda r: int(str(r[0])))
+        return rows[:limit]
+
+
+def _month_start(ms: int) -> int:
+    day = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return int(datetime(day.year, day.month, 1, tzinfo=UTC).timestamp() * 1000)
+
+
 def partial_kline(final: Kline, now_ms: int) -> Kline:
     """The still-open minute as a real exchange shows it: values so far, changing until it closes."""
     open_time = int(str(final[0]))
@@ -220,11 +266,12 @@ _RECORDED_2023 = "{}-1m-2023-03-23_25.csv.gz"
 
 
 def historical_markets(synthetic: int = 0) -> dict[str, Market]:
-    """Every recorded candle at its true time, plus a synthetic market for long ranges."""
+    """Every recorded candle at its true time, the rest of their months made up (`WholeMonths`),
+    plus synthetic markets for long ranges."""
     btc = RecordedSeries.from_files("BTCUSDT-1m-vision.csv.gz", _RECORDED_2023.format("BTCUSDT"))
     eth = RecordedSeries.from_files("ETHUSDT-1m-vision.csv.gz", _RECORDED_2023.format("ETHUSDT"))
     sol = RecordedSeries.from_files(_RECORDED_2023.format("SOLUSDT"))
-    return _markets(btc, eth, sol, synthetic)
+    return _markets(WholeMonths(btc), WholeMonths(eth), WholeMonths(sol), synthetic)
 
 
 def replay_markets(anchor_ms: int, synthetic: int = 0) -> dict[str, Market]:

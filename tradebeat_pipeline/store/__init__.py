@@ -124,6 +124,10 @@ class CandleStore(Protocol):
     def count_candles(self, symbol: str, start_ms: int = 0, end_ms: int = 2**62) -> int:
         """How many candles are stored with open time in [start_ms, end_ms)."""
 
+    def days_changed(self, symbol: str, start_ms: int, end_ms: int, since_ms: int) -> list[int]:
+        """Starts of the UTC days in [start_ms, end_ms) holding a candle written (new or corrected)
+        at or after `since_ms`, oldest first: what a rollup must recompute."""
+
     def upsert_rollups(self, batches: Sequence[tuple[str, str, pd.DataFrame]]) -> int:
         """Write (symbol, timeframe, buckets) batches in one transaction; returns the buckets written."""
 

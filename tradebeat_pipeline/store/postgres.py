@@ -44,6 +44,7 @@ from tradebeat_pipeline.store.common import (
     time_range,
     touching_window,
 )
+from tradebeat_pipeline.timewindows import DAY_MS
 
 log = logging.getLogger("tradebeat.store")
 
@@ -631,6 +632,15 @@ class PostgresStore:
             (self._symbol_id(symbol), start_ms, end_ms),
         )
         return int(count)
+
+    def days_changed(self, symbol: str, start_ms: int, end_ms: int, since_ms: int) -> list[int]:
+        """Starts of the UTC days in [start_ms, end_ms) holding a candle written at or after `since_ms`."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT timestamp / %s * %s FROM price_data "
+            "WHERE symbol_id = %s AND timestamp >= %s AND timestamp < %s AND ingested_at >= %s ORDER BY 1",
+            (DAY_MS, DAY_MS, self._symbol_id(symbol), start_ms, end_ms, since_ms),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
 
 
 # mypy fails here as soon as PostgresStore drifts from the interface every caller is typed against.

@@ -34,6 +34,7 @@ from tradebeat_pipeline.store.common import (
     time_range,
     touching_window,
 )
+from tradebeat_pipeline.timewindows import DAY_MS
 
 log = logging.getLogger("tradebeat.store")
 
@@ -493,6 +494,15 @@ class SQLiteStore:
             (self._symbol_id(symbol), start_ms, end_ms),
         ).fetchone()
         return int(row[0])
+
+    def days_changed(self, symbol: str, start_ms: int, end_ms: int, since_ms: int) -> list[int]:
+        """Starts of the UTC days in [start_ms, end_ms) holding a candle written at or after `since_ms`."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT timestamp - timestamp % ? FROM price_data "
+            "WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ? AND ingested_at >= ? ORDER BY 1",
+            (DAY_MS, self._symbol_id(symbol), start_ms, end_ms, since_ms),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
 
 
 def _columns(frame: pd.DataFrame) -> list[list[object]]:

@@ -27,12 +27,16 @@ BAD_INPUT = [
     (["backfill", "BTC/USDT", "--start", "2017-07-13", "--end", "2017-07-20"], "before 2017-07-14"),
     (
         ["backfill", "BTC/USDT", "--start", "2020-13-01", "--end", "2020-01-01"],
-        "expected YYYY-MM-DD",
+        "expected YYYY-MM or YYYY-MM-DD",
     ),
     (
         ["backfill", "BTC/USDT", "--start", "yesterday", "--end", "2020-01-01"],
-        "expected YYYY-MM-DD",
+        "expected YYYY-MM or YYYY-MM-DD",
     ),
+    (["backfill", "BTC/USDT", "--start", "2020-13", "--end", "2020-12"], "expected YYYY-MM or YYYY-MM-DD"),
+    (["backfill", "BTC/USDT", "--start", "2017-06", "--end", "2017-08"], "before 2017-07-14"),
+    (["backfill", "BTC/USDT", "--start", "2099-01", "--end", "2099-02"], "in the future"),
+    (["gaps", "BTC/USDT", "--start", "2020-01", "--end", "2020-01-02"], "expected YYYY-MM-DD"),
     (["symbols", "add", "../../etc/passwd"], "expected a ccxt spot symbol"),
     (["symbols", "add", "BTC/USDT%00"], "expected a ccxt spot symbol"),
     (["symbols", "add", "<script>/USDT"], "expected a ccxt spot symbol"),
@@ -54,7 +58,7 @@ def test_bad_input_is_refused_with_a_clear_message_and_changes_nothing(
     argv: list[str],
     message: str,
 ) -> None:
-    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01", "--end", "2020-01"]) == 0
     before, runs_before = database_checksum(btc), len(instance.get_run_records())
     capsys.readouterr()
 

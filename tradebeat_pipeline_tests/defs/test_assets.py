@@ -42,7 +42,7 @@ def test_a_backfill_with_rollups_stores_every_rollup_bucket_of_its_days(outage_d
             (ms("2023-03-24T13:00:00Z"),),
         ).fetchone()
     conn.close()
-    assert counts == {"5m": 288, "1h": 24, "1d": 1}
+    assert counts == {"5m": 31 * 288, "1h": 31 * 24, "1d": 31}  # every bucket of the month
     assert outage_hour == (0, 0)
 
 

@@ -53,7 +53,7 @@ def test_each_beat_is_exactly_one_run_over_every_symbol(
     assert len(instance.get_run_records()) == 1
     for symbol in (symbols[0], symbols[-1]):
         times = stored_times(env, symbol)
-        assert (times[0], times[-1]) == (ms("2020-01-02T00:00:00Z"), ms("2020-01-02T12:00:00Z"))
+        assert (times[0], times[-1]) == (ms("2020-01-01T00:00:00Z"), ms("2020-01-02T12:00:00Z"))
 
 
 def test_a_beat_stores_its_minute_and_nothing_after_it(
@@ -71,7 +71,7 @@ def test_the_beat_after_downtime_stores_every_missed_minute(
     assert run_beat(instance, sandbox, "2020-01-02T11:50:00Z").success
     assert run_beat(instance, sandbox, "2020-01-02T12:00:00Z").success
     times = stored_times(env)
-    assert times == list(range(ms("2020-01-02T00:00:00Z"), ms("2020-01-02T12:00:00Z") + 1, MIN))
+    assert times == list(range(ms("2020-01-01T00:00:00Z"), ms("2020-01-02T12:00:00Z") + 1, MIN))
 
 
 def test_a_beat_spends_from_the_beat_lane_of_the_shared_budget_and_everything_else_from_bulk(
@@ -87,23 +87,25 @@ def test_a_beat_spends_from_the_beat_lane_of_the_shared_budget_and_everything_el
     assert after_beat.beat > 0
 
 
-def test_the_2359_candle_lands_in_yesterdays_partition_and_completes_it(
+def test_across_a_month_boundary_2359_lands_in_the_old_months_partition_and_0000_in_the_new(
     env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
 ) -> None:
-    assert main(["symbols", "add", "BTC/USDT"]) == 0
-    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
+    assert main(["symbols", "add", "SYN/USDT"]) == 0  # synthetic: every minute, every month
+    assert main(["backfill", "SYN/USDT", "--start", "2020-01", "--end", "2020-01"]) == 0
     with sqlite3.connect(env) as conn:  # as if the 23:59 candle had not been stored yet
-        conn.execute("DELETE FROM price_data WHERE timestamp = ?", (ms("2020-01-01T23:59:00Z"),))
+        conn.execute("DELETE FROM price_data WHERE timestamp = ?", (ms("2020-01-31T23:59:00Z"),))
     conn.close()
 
-    assert run_beat(instance, sandbox, "2020-01-01T23:59:00Z").success
-    assert run_beat(instance, sandbox, "2020-01-02T00:00:00Z").success
+    first = run_beat(instance, sandbox, "2020-01-31T23:59:00Z")
+    second = run_beat(instance, sandbox, "2020-02-01T00:00:00Z")
 
-    times = stored_times(env)
-    assert len([t for t in times if t < ms("2020-01-02T00:00:00Z")]) == 1440
-    assert times[-1] == ms("2020-01-02T00:00:00Z")
-    materialized = instance.get_materialized_partitions(dg.AssetKey("ohlcv_1m"))
-    assert {"2020-01-01|BTC/USDT", "2020-01-02|BTC/USDT"} <= materialized
+    assert first.success and second.success
+    times = stored_times(env, "SYN/USDT")
+    assert len([t for t in times if t < ms("2020-02-01T00:00:00Z")]) == 31 * 1440
+    assert times[-1] == ms("2020-02-01T00:00:00Z")
+    assert materialized_by(first) == {"2020-01|SYN/USDT"}  # 23:59 completes the old month
+    assert materialized_by(second) == {"2020-01|SYN/USDT", "2020-02|SYN/USDT"}  # 00:00 opens the new
+    assert len(instance.get_run_records()) == 3  # the backfill and one run per beat
 
 
 def test_one_failing_symbol_does_not_stop_the_others(
@@ -130,6 +132,15 @@ def test_a_beat_where_every_symbol_fails_is_a_failed_run_that_stores_nothing(
     sandbox.inject("http_500", count=10_000)
     assert not run_beat(instance, sandbox, "2020-01-02T12:00:00Z").success
     assert stored_times(env) == []
+
+
+def materialized_by(result: dg.ExecuteInProcessResult) -> set[str]:
+    """The ohlcv_1m partitions a run materialized."""
+    return {
+        str(e.partition)
+        for e in result.get_asset_materialization_events()
+        if e.asset_key is not None and e.asset_key.path == ["ohlcv_1m"]
+    }
 
 
 def sensor_result(instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
@@ -172,8 +183,8 @@ def test_a_symbol_added_in_the_ui_is_onboarded_with_one_history_backfill_run(
     instance.add_dynamic_partitions(SYMBOLS_PARTITIONS_NAME, ["ETH/USDT"])  # what the UI does
     result = sensor_result(instance)
     (run,) = result.run_requests or []
-    today = datetime.now(UTC).date()
-    assert run.tags["dagster/asset_partition_range_end"] == f"{today}|ETH/USDT"
+    this_month = datetime.now(UTC).strftime("%Y-%m")
+    assert run.tags["dagster/asset_partition_range_end"] == f"{this_month}|ETH/USDT"
     assert run.tags["tradebeat/kind"] == "backfill"
     assert active_symbols(env) == [("ETH/USDT", 1)]
 
@@ -232,12 +243,12 @@ def test_a_symbol_removed_in_the_ui_is_deactivated_and_keeps_its_candles(
     env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
 ) -> None:
     assert main(["symbols", "add", "BTC/USDT"]) == 0
-    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01", "--end", "2020-01"]) == 0
     first = sensor_result(instance)
     instance.delete_dynamic_partition(SYMBOLS_PARTITIONS_NAME, "BTC/USDT")
     sensor_result(instance, cursor=first.cursor)
     assert active_symbols(env) == [("BTC/USDT", 0)]
-    assert len(stored_times(env)) == 1440
+    assert len(stored_times(env)) == 31 * 1440
 
 
 HOSTILE = [
@@ -254,7 +265,7 @@ def test_hostile_symbols_from_the_setting_and_the_ui_are_refused_and_change_no_s
     env: Path, sandbox: Sandbox, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert main(["symbols", "add", "BTC/USDT"]) == 0
-    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01", "--end", "2020-01"]) == 0
     first = sensor_result(instance)  # the sensor takes note of BTC/USDT
     before = database_checksum(env)
     monkeypatch.setenv("SYMBOLS", ",".join(HOSTILE[:3]))

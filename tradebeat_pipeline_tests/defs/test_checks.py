@@ -109,8 +109,8 @@ def test_a_range_never_fetched_counts_as_unexplained_fetch_failed(
 def test_requests_that_keep_failing_leave_fetch_failed_holes_that_repair_fills_once_the_exchange_recovers(
     btc: Path, sandbox: Sandbox, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The day is fetched as two chunks; every request of the second (from 16:40) fails.
-    second_chunk = ms("2023-03-24T16:40:00Z")
+    # The month is fetched in 1,000-minute chunks; every request of the one from 14:40 on the 24th fails.
+    second_chunk = ms("2023-03-24T14:40:00Z")
     sandbox.inject("http_500", count=None, window=(second_chunk, second_chunk + 60_000))
     assert main(["backfill", "BTC/USDT", *DAY]) == 1
     assert "--repair" in capsys.readouterr().err
@@ -121,17 +121,17 @@ def test_requests_that_keep_failing_leave_fetch_failed_holes_that_repair_fills_o
     assert report["holes"] == [
         OUTAGE_HOLE,
         {
-            "start": "2023-03-24T16:40:00Z",
+            "start": "2023-03-24T14:40:00Z",
             "end": "2023-03-24T23:59:00Z",
-            "minutes": 440,
+            "minutes": 560,
             "kind": "fetch_failed",
         },
     ]
-    assert (report["stored"], report["unexplained"]) == (920, 440)
+    assert (report["stored"], report["unexplained"]) == (800, 560)
 
     code, report = gaps_json(capsys, "--repair")  # still failing: nothing changes
     assert code == 1
-    assert report["unexplained"] == 440
+    assert report["unexplained"] == 560
 
     sandbox.clear_faults()
     code, report = gaps_json(capsys, "--repair")
@@ -144,16 +144,16 @@ def test_requests_that_keep_failing_leave_fetch_failed_holes_that_repair_fills_o
 def test_an_empty_answer_is_pending_until_a_second_one_five_minutes_later_confirms_it(
     btc: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Two days are three chunks; the middle one (from 16:40 on the 24th) answers [] where candles exist.
-    middle = ms("2023-03-24T16:40:00Z")
+    # The month's chunk from 14:40 on the 24th answers [] where candles exist.
+    middle = ms("2023-03-24T14:40:00Z")
     sandbox.inject("empty", count=None, window=(middle, middle + 60_000))
     two_days = ["--start", "2023-03-24", "--end", "2023-03-25"]
     assert main(["backfill", "BTC/USDT", *two_days]) == 1
     code, report = gaps_json(capsys)
     assert report["holes"][-1] == {
-        "start": "2023-03-24T16:40:00Z",
+        "start": "2023-03-24T14:40:00Z",
         "end": "2023-03-24T23:59:00Z",
-        "minutes": 440,
+        "minutes": 560,
         "kind": "pending",
     }
 
@@ -177,7 +177,7 @@ def test_impossible_candles_fail_ohlc_valid_by_name_and_are_stored_as_received(
 ) -> None:
     jan1 = ms("2020-01-01T00:00:00Z")
     sandbox.inject("impossible", count=1, window=(jan1, jan1 + 1))
-    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-01"]) == 0
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01", "--end", "2020-01"]) == 0
     assert "2 impossible candles stored as the exchange sent them" in capsys.readouterr().err
 
     evaluation = checks(instance)["ohlc_valid"]

@@ -24,17 +24,17 @@ def test_load_input_returns_the_requested_partition_of_the_requested_symbol(
     env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
 ) -> None:
     assert main(["symbols", "add", "BTC/USDT", "ETH/USDT"]) == 0
-    assert main(["backfill", "BTC/USDT", "--start", "2020-01-01", "--end", "2020-01-03"]) == 0
+    assert main(["backfill", "BTC/USDT", "--start", "2020-01", "--end", "2020-01"]) == 0
     seen.clear()
     result = dg.materialize(
         [ohlcv_1m.to_source_asset(), downstream],
         instance=instance,
-        partition_key="2020-01-02|BTC/USDT",
+        partition_key="2020-01|BTC/USDT",
         resources={**resources(), "mem": dg.InMemoryIOManager()},  # type: ignore[no-untyped-call]
     )
     assert result.success
     (frame,) = seen
-    assert len(frame) == 1440
+    assert len(frame) == 31 * 1440
     assert set(frame["symbol"]) == {"BTC/USDT"}
-    assert frame["timestamp"].iloc[0] == ms("2020-01-02T00:00:00Z")
+    assert frame["timestamp"].iloc[0] == ms("2020-01-01T00:00:00Z")
     assert frame["timestamp"].is_monotonic_increasing

@@ -129,6 +129,17 @@ def test_an_upsert_never_touches_rows_it_was_not_given(store: Store) -> None:
     assert [r[2] for r in stored] == [100.0] * 3 + [50.0] * 2 + [100.0] * 5  # open
 
 
+def test_days_changed_names_only_the_days_holding_candles_written_since(store: Store) -> None:
+    day2 = DAY1 + 86_400_000
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 3))], now_ms=1000)
+    store.upsert_candles([("BTC/USDT", candles(day2, 3))], now_ms=2000)
+    corrected = candles(DAY1, 1, price=90)
+    assert store.days_changed("BTC/USDT", DAY1, day2 + 86_400_000, since_ms=1500) == [day2]
+    store.upsert_candles([("BTC/USDT", corrected)], now_ms=3000)  # a correction is a change too
+    assert store.days_changed("BTC/USDT", DAY1, day2 + 86_400_000, since_ms=2500) == [DAY1]
+    assert store.days_changed("BTC/USDT", day2, day2 + 86_400_000, since_ms=0) == [day2]
+
+
 def test_a_batch_of_new_and_already_stored_candles_inserts_only_the_new(store: Store) -> None:
     store.upsert_candles([("BTC/USDT", candles(DAY1, 5))], now_ms=1000)
     result = store.upsert_candles([("BTC/USDT", candles(DAY1 + 2 * 60_000, 6))], now_ms=2000)
