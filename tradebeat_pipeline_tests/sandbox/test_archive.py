@@ -98,7 +98,7 @@ def test_a_monthly_file_holds_every_candle_of_the_month(
         (monthly("SYNUSDT", "2025-11"), 200),
         (monthly("SYNUSDT", "2017-07"), 404),  # before the market's first candle
         (monthly("SYNUSDT", "2017-08"), 200),  # from the first candle on
-        (daily("BTCUSDT", "2020-01-04"), 404),  # a day the recording does not hold
+        (daily("BTCUSDT", "2020-02-01"), 404),  # a day the sandbox holds no candles for
         (daily("XRPUSDT", "2024-01-01"), 404),  # no such market
         (daily("SYNUSDT", "2024-02-30"), 404),  # no such day
         ("/data/spot/daily/klines/SYNUSDT/1m/BTCUSDT-1m-2024-01-01.zip", 404),  # another market's name
