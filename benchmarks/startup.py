@@ -43,18 +43,18 @@ BEAT_SYMBOLS = [f"S{i:03d}/USDT" for i in range(10)]
 # (so it does not wait for a close): what the daemon's launch costs before the first request.
 BEAT = """
 import time
-from datetime import UTC, datetime
 import dagster as dg
 from tradebeat_pipeline.definitions import defs
-from tradebeat_pipeline.partitions import SYMBOLS_PARTITIONS_NAME, beat_tags
+from tradebeat_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME, beat_tags
+from tradebeat_pipeline.timewindows import month_of
 now_ms = int(time.time() * 1000)
 minute_ms = now_ms - now_ms % 60_000 - 60_000
-day = datetime.fromtimestamp(minute_ms / 1000, UTC).date()
+month = month_of(minute_ms)
 with dg.DagsterInstance.get() as instance:
     symbols = instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
     result = defs.resolve_job_def("candles_job").execute_in_process(
         instance=instance,
-        tags={**beat_tags((day, symbols[0]), (day, symbols[-1]), minute_ms), "dagster/priority": "10"},
+        tags={**beat_tags((month, symbols[0]), (month, symbols[-1]), minute_ms), "dagster/priority": "10"},
         raise_on_error=False,
     )
 raise SystemExit(0 if result.success else 1)

@@ -1,6 +1,7 @@
 """The CLI's Dagster glue: the instance in DAGSTER_HOME, and runs materialized in this process but
 recorded in that instance, so they show in the UI like the daemon's (also used by benchmarks and
-tests that need a heartbeat or a backfill without a daemon)."""
+tests that need a heartbeat or a backfill without a daemon). The definitions are imported by the
+functions that run them: `status` and `symbols` need only the instance."""
 
 import os
 from collections.abc import Iterable
@@ -8,8 +9,6 @@ from datetime import date
 
 import dagster as dg
 
-from tradebeat_pipeline.definitions import resources
-from tradebeat_pipeline.defs.assets import ROLLUP_ASSETS, ohlcv_1m
 from tradebeat_pipeline.defs.partitions import KIND_TAG, Kind, beat_tags, range_tags
 from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME
 
@@ -37,6 +36,9 @@ def materialize_history(
 ) -> dg.ExecuteInProcessResult:
     """Months first..last of adjacent symbols (in partition order) as ONE backfill run, its rollups
     too when asked (each asset adds Dagster's per-partition bookkeeping, ~60 ms a partition)."""
+    from tradebeat_pipeline.definitions import resources
+    from tradebeat_pipeline.defs.assets import ROLLUP_ASSETS, ohlcv_1m
+
     ordered = list(symbols)
     return dg.materialize(
         [ohlcv_1m, *ROLLUP_ASSETS] if rollups else [ohlcv_1m],
@@ -53,6 +55,9 @@ def materialize_beat(
 ) -> dg.ExecuteInProcessResult:
     """One heartbeat run for `minute_ms` over months first..last of adjacent symbols, as the schedule
     would launch it (without its queue and priority tags)."""
+    from tradebeat_pipeline.definitions import resources
+    from tradebeat_pipeline.defs.assets import ohlcv_1m
+
     ordered = list(symbols)
     return dg.materialize(
         [ohlcv_1m],
