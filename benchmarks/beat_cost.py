@@ -13,6 +13,8 @@ only its own minutes. The sandbox serves from a thread of this process, so its C
 """
 
 import argparse
+import contextlib
+import io
 import os
 import shutil
 import statistics
@@ -48,7 +50,8 @@ def run_case(symbols: int, first_beat: str, beats: int) -> tuple[list[float], li
             LOG_LEVEL="WARNING",
             RATE_BUDGET_SHARE="1",
         )
-        assert cli(["symbols", "add", *names]) == 0
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert cli(["symbols", "add", *names]) == 0
         month = month_of(minute)
         cpu, wall = [], []
         with instance() as dagster:
