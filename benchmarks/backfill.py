@@ -26,6 +26,7 @@ import dagster as dg
 
 from tradebeat_pipeline import cli
 from tradebeat_pipeline.exchange.binance import parse_klines
+from tradebeat_pipeline.settings import PROJECT_DIR
 from tradebeat_pipeline.store import open_store
 from tradebeat_pipeline.timewindows import month_key, month_window
 
@@ -43,14 +44,15 @@ def bookkeeping(partitions_def: dg.PartitionsDefinition, first: str, last: str) 
     """Dagster's own cost of one single-run backfill over first..last of an asset that does nothing:
     (partitions, seconds of planning and materialization events), from the run's event log."""
     symbols = dg.StaticPartitionsDefinition(["X"])
-    parts = dg.MultiPartitionsDefinition({"time": partitions_def, "symbol": symbols})
+    # Dimensions are ordered by name: "period" before "symbol", as the keys "2025-01|X" say.
+    parts = dg.MultiPartitionsDefinition({"period": partitions_def, "symbol": symbols})
 
     @dg.asset(partitions_def=parts, backfill_policy=dg.BackfillPolicy.single_run())
     def nothing(context: dg.AssetExecutionContext) -> None:
         return None
 
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(Path(cli.__file__).parent.parent / "dagster_home" / "dagster.yaml", tmp)
+        shutil.copy(PROJECT_DIR / "dagster_home" / "dagster.yaml", tmp)
         with dg.instance_for_test(temp_dir=tmp) as instance:
             tags = {
                 "dagster/asset_partition_range_start": f"{first}|X",
@@ -218,7 +220,7 @@ def main() -> None:
                 bare_s = time.perf_counter() - t
 
                 (work / "home").mkdir()
-                shutil.copy(Path(cli.__file__).parent.parent / "dagster_home" / "dagster.yaml", work / "home")
+                shutil.copy(PROJECT_DIR / "dagster_home" / "dagster.yaml", work / "home")
                 env = {
                     **os.environ,
                     "DAGSTER_HOME": str(work / "home"),
