@@ -29,7 +29,7 @@ def catch_up_from(minute_ms: int) -> int:
 def beat_months(minute_ms: int, oldest_newest_ms: int | None) -> tuple[date, date]:
     """Months a beat for `minute_ms` covers: its own, the previous one while the refetched minutes
     or the stalest symbol's newest candle lie there (bounded by MAX_CATCH_UP_DAYS)."""
-    first = min(minute_ms - REFETCH_MINUTES * MINUTE_MS, minute_ms)
+    first = minute_ms - REFETCH_MINUTES * MINUTE_MS
     if oldest_newest_ms is not None and oldest_newest_ms < minute_ms:
         first = min(first, oldest_newest_ms)
     return month_of(max(first, catch_up_from(minute_ms))), month_of(minute_ms)

@@ -115,6 +115,7 @@ class WriteReport:
     gaps: dict[str, list[GapReport]]  # per symbol, one report per judged window (closed minutes)
     newest: dict[str, int | None]  # each symbol's newest stored candle inside its windows
     committed_ms: int
+    windows: dict[str, list[tuple[int, int]]]  # the judged windows themselves (`Batch.windows()`)
     # A beat judges only what it fetched; holes recorded elsewhere in its months still count.
     holes_elsewhere: dict[str, list[Hole]] = field(default_factory=dict)
 
@@ -199,7 +200,7 @@ def write(store: CandleStore, batch: Batch, *, now_ms: int) -> WriteReport:
         for symbol, judged in windows.items():
             recorded = store.holes(symbol, *span(month_windows(batch.requested[symbol])))
             elsewhere[symbol] = [h for h in recorded if h.kind in UNEXPLAINED and _outside(h, judged)]
-    report = WriteReport(upserts, gaps, newest, committed_ms, elsewhere)
+    report = WriteReport(upserts, gaps, newest, committed_ms, windows, elsewhere)
     batch.report = report
     return report
 

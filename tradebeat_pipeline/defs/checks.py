@@ -52,7 +52,7 @@ def evaluate(store: CandleStore, batch: Batch, *, freshness_minutes: int) -> Ite
     yield ohlc_valid(batch.candles)
     elsewhere = [(s, h) for s, holes in report.holes_elsewhere.items() for h in holes]
     yield gaps_explained([r for reports in report.gaps.values() for r in reports], elsewhere)
-    yield fresh(store, batch.windows(), report.newest, freshness_minutes)
+    yield fresh(store, report.windows, report.newest, freshness_minutes)
 
 
 def ohlc_valid(candles: pd.DataFrame) -> dg.AssetCheckResult:
