@@ -1,16 +1,25 @@
 """Backfill throughput: the Dagster pipeline against a bare ccxt loop, same sandbox, same schema.
 
     uv run python benchmarks/backfill.py [--months 1 12] [--share 1.0] [--no-bookkeeping]
+    uv run python benchmarks/backfill.py --full-history   # SYN/USDT 2017-08-17..2025-12-31
+    uv run python benchmarks/backfill.py --symbols 20     # 20 symbols x 2 years as one run
 
 The sandbox exchange runs in its own process (as a real exchange would be another machine) and
 declares a large REQUEST_WEIGHT budget; both contenders throttle to `--share` of it. Candles are the
 sandbox's synthetic SYN/USDT market, which has every minute since 2017-08-17.
+
+`--full-history` loads SYN/USDT's whole history three ways in one run: the pipeline with Binance's
+archive files (checksum-verified monthly zips from the sandbox's archive host), the pipeline from
+the REST API alone, and the bare ccxt loop; it prints the request weight each spent, counted at the
+sandbox. The sandbox builds its archive files before any clock starts (a real archive serves static
+files) and keeps them in a folder under the system's temporary directory for the next run.
 """
 
 import argparse
 import asyncio
 import contextlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -18,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -28,7 +39,7 @@ from tradebeat_pipeline import cli
 from tradebeat_pipeline.exchange.binance import parse_klines
 from tradebeat_pipeline.settings import PROJECT_DIR
 from tradebeat_pipeline.store import open_store
-from tradebeat_pipeline.timewindows import month_key, month_window
+from tradebeat_pipeline.timewindows import month_key, month_window, months_between
 
 SYMBOL, MARKET_ID = "SYN/USDT", "SYNUSDT"
 LAST_MONTH = date(2025, 12, 1)
@@ -92,17 +103,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_sandbox(port: int, weight_limit: int) -> subprocess.Popen[bytes]:
+SHELF_DIR = Path(tempfile.gettempdir()) / "tradebeat-benchmark-archives"
+HISTORY_START = date(2017, 8, 1)  # SYN/USDT's first candle is 2017-08-17T00:00Z
+MULTI_FIRST = date(2024, 1, 1)
+
+
+def serve_sandbox(port: int, weight_limit: int, synthetic: int) -> None:
+    """The child process: the historical sandbox, its clock at 2026-01-05 (so December 2025's monthly
+    file is published), its archive files kept on disk."""
+    from tradebeat_pipeline.sandbox.market_data import historical_markets
+    from tradebeat_pipeline.sandbox.server import Clock, Sandbox, serve_forever
+
+    sandbox = Sandbox(
+        historical_markets(synthetic),
+        Clock(month_window(date(2026, 1, 1))[0] + 4 * 86_400_000),
+        weight_limit=weight_limit,
+    )
+    sandbox.archives.max_files = 8  # they are read from SHELF_DIR; memory stays small
+    sandbox.archives.shelf_dir = SHELF_DIR
+    print(f"sandbox on {port}", flush=True)
+    asyncio.run(serve_forever(sandbox, "127.0.0.1", port))
+
+
+def start_sandbox(port: int, weight_limit: int, synthetic: int = 0) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "tradebeat_pipeline.cli",
-            "sandbox",
-            "--port",
+            __file__,
+            "--serve",
             str(port),
             "--weight-limit",
             str(weight_limit),
+            "--synthetic",
+            str(synthetic),
         ],
         stdout=subprocess.PIPE,
     )
@@ -189,6 +222,140 @@ def count(db: Path) -> int:
         return store.count_candles(SYMBOL)
 
 
+def sandbox_stats(url: str) -> dict[str, object]:
+    """REST requests and weight, archive downloads, counted by the sandbox itself."""
+    with urllib.request.urlopen(f"{url}/sandbox/stats", timeout=30) as answer:
+        stats: dict[str, object] = json.load(answer)
+    return stats
+
+
+def prebuild(url: str, files: list[str]) -> float:
+    """Ask the sandbox for every archive file once, two at a time (it builds and keeps them)."""
+    t = time.perf_counter()
+
+    def get(path: str) -> None:
+        with urllib.request.urlopen(f"{url}{path}", timeout=600) as answer:
+            answer.read()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(get, files))
+    return time.perf_counter() - t
+
+
+def monthly_paths(market: str, first: date, last: date) -> list[str]:
+    return [
+        f"/data/spot/monthly/klines/{market}/1m/{market}-1m-{month_key(m)}.zip{suffix}"
+        for m in months_between(first, last)
+        for suffix in ("", ".CHECKSUM")
+    ]
+
+
+def pipeline_env(work: Path, url: str, share: float, *, archives: bool) -> dict[str, str]:
+    home = work / "home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(PROJECT_DIR / "dagster_home" / "dagster.yaml", home)
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DB_PATH": str(work / "p.sqlite"),
+        "BINANCE_API_URL": url,
+        "BINANCE_ARCHIVE_URL": url if archives else "off",
+        "RATE_BUDGET_SHARE": str(share),
+        "TRADEBEAT_ENV_FILE": str(work / "none.env"),
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def weight_spent(url: str, before: dict[str, object]) -> tuple[int, int]:
+    """(REST weight, archive downloads) since `before`."""
+    after = sandbox_stats(url)
+    return (
+        int(str(after["weight"])) - int(str(before["weight"])),
+        int(str(after["archive_requests"])) - int(str(before["archive_requests"])),
+    )
+
+
+def full_history(url: str, share: float, weight_limit: int, *, archives_only: bool = False) -> None:
+    """SYN/USDT's whole history: pipeline with archives, pipeline REST only, bare ccxt loop."""
+    built_s = prebuild(url, monthly_paths(MARKET_ID, HISTORY_START, LAST_MONTH))
+    print(f"archive files ready in {built_s:.1f}s (built once, then kept in {SHELF_DIR})")
+    expected = (month_window(LAST_MONTH)[1] - ms_of(date(2017, 8, 17))) // 60_000
+    print(
+        f"{'contender':<26} {'candles':>9} {'seconds':>8} {'candles/s':>10} {'REST weight':>12} "
+        f"{'archive GETs':>13}"
+    )
+    notes: list[str] = []
+    contenders = (("pipeline, archives", True), ("pipeline, REST only", False))
+    for name, archives in contenders[:1] if archives_only else contenders:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            before = sandbox_stats(url)
+            seconds = pipeline(pipeline_env(work, url, share, archives=archives), HISTORY_START, LAST_MONTH)
+            weight, gets = weight_spent(url, before)
+            n = count(work / "p.sqlite")
+            assert n == expected, (name, n, expected)
+            phases = run_phases()
+        print(f"{name:<26} {n:>9} {seconds:>8.1f} {n / seconds:>10,.0f} {weight:>12} {gets:>13}")
+        notes.append(
+            f"{name}: Dagster planning {phases['planning']:.1f}s, fetch {phases['fetch']:.1f}s, "
+            f"store upsert {phases['upsert']:.1f}s, materialization events {phases['events']:.1f}s"
+        )
+    if archives_only:
+        print("\n".join(notes))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        before = sandbox_stats(url)
+        t = time.perf_counter()
+        n = asyncio.run(
+            bare_loop(url, Path(tmp) / "bare.sqlite", HISTORY_START, LAST_MONTH, share, weight_limit)
+        )
+        seconds = time.perf_counter() - t
+        weight, gets = weight_spent(url, before)
+    print(
+        f"{'bare ccxt loop (REST)':<26} {n:>9} {seconds:>8.1f} {n / seconds:>10,.0f} {weight:>12} {gets:>13}"
+    )
+    print("\n".join(notes))
+
+
+def many_symbols(url: str, share: float, symbols: int) -> None:
+    """`symbols` synthetic symbols x 2 years (2024-01..2025-12) as ONE run, from the archives."""
+    from tradebeat_pipeline.cli.runs import materialize_history
+
+    names = [f"S{i:03d}/USDT" for i in range(symbols)]
+    paths = [p for i in range(symbols) for p in monthly_paths(f"S{i:03d}USDT", MULTI_FIRST, LAST_MONTH)]
+    print(f"archive files ready in {prebuild(url, paths):.1f}s (built once, then kept in {SHELF_DIR})")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ.update(pipeline_env(work, url, share, archives=True))
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert cli.main(["symbols", "add", *names]) == 0
+        before = sandbox_stats(url)
+        with dg.DagsterInstance.get() as instance:
+            t = time.perf_counter()
+            result = materialize_history(instance, names, MULTI_FIRST, LAST_MONTH, log_level="WARNING")
+            seconds = time.perf_counter() - t
+        assert result.success
+        weight, gets = weight_spent(url, before)
+        with open_store(work / "p.sqlite") as store:
+            n = sum(store.count_candles(s) for s in names)
+        phases = run_phases()
+    dagster_s = phases["planning"] + phases["events"]
+    print(
+        f"{symbols} symbols x {len(months_between(MULTI_FIRST, LAST_MONTH))} months as one run: "
+        f"{n} candles in {seconds:.1f}s = {n / seconds:,.0f} candles/s; REST weight {weight}, "
+        f"{gets} archive GETs"
+    )
+    print(
+        f"  Dagster planning {phases['planning']:.1f}s + materialization events {phases['events']:.1f}s "
+        f"= {dagster_s:.1f}s ({dagster_s / seconds:.0%} of the run); fetch {phases['fetch']:.1f}s, "
+        f"store upsert {phases['upsert']:.1f}s"
+    )
+
+
+def ms_of(day: date) -> int:
+    return month_window(day.replace(day=1))[0] + (day.day - 1) * 86_400_000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--months", type=int, nargs="+", default=[1, 12])
@@ -197,12 +364,30 @@ def main() -> None:
     )
     parser.add_argument("--share", type=float, default=1.0, help="share of the sandbox's weight budget")
     parser.add_argument("--weight-limit", type=int, default=1_000_000)
+    parser.add_argument("--full-history", action="store_true", help="SYN/USDT 2017-08-17..2025-12-31")
+    parser.add_argument("--archives-only", action="store_true", help="--full-history: the archive case only")
+    parser.add_argument("--symbols", type=int, help="this many symbols x 2 years as one run")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the sandbox child process
+    parser.add_argument("--synthetic", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve_sandbox(args.serve, args.weight_limit, args.synthetic)
+        return
 
     port = free_port()
-    sandbox = start_sandbox(port, args.weight_limit)
+    sandbox = start_sandbox(port, args.weight_limit, args.symbols or 0)
     url = f"http://127.0.0.1:{port}"
     print(f"sandbox {url}, weight limit {args.weight_limit}/min, budget share {args.share}")
+    if args.full_history or args.symbols:
+        try:
+            if args.full_history:
+                full_history(url, args.share, args.weight_limit, archives_only=args.archives_only)
+            if args.symbols:
+                many_symbols(url, args.share, args.symbols)
+        finally:
+            sandbox.terminate()
+            sandbox.wait()
+        return
     print(
         f"{'months':>6} {'candles':>9} {'bare s':>8} {'bare c/s':>10} {'pipeline s':>11} "
         f"{'pipeline c/s':>13} {'ratio':>6}"
@@ -226,6 +411,7 @@ def main() -> None:
                     "DAGSTER_HOME": str(work / "home"),
                     "DB_PATH": str(work / "p.sqlite"),
                     "BINANCE_API_URL": url,
+                    "BINANCE_ARCHIVE_URL": "off",  # REST against REST: the pipeline's own overhead
                     "RATE_BUDGET_SHARE": str(args.share),
                     "TRADEBEAT_ENV_FILE": str(work / "none.env"),
                     "LOG_LEVEL": "WARNING",

@@ -45,6 +45,7 @@ def run_case(symbols: int, first_beat: str, beats: int) -> tuple[list[float], li
             DAGSTER_HOME=str(work / "home"),
             DB_PATH=str(work / "beat.sqlite"),
             BINANCE_API_URL=server.url,
+            BINANCE_ARCHIVE_URL=server.url,
             TRADEBEAT_ENV_FILE=str(work / "none.env"),
             LOG_DIR=str(work / "logs"),
             LOG_LEVEL="WARNING",

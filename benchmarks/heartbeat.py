@@ -29,6 +29,7 @@ import dagster as dg
 import numpy as np
 
 from tradebeat_pipeline import cli
+from tradebeat_pipeline.defs.partitions import beat_minute_of
 from tradebeat_pipeline.sandbox.market_data import replay_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
@@ -77,6 +78,7 @@ def main() -> None:
         "DAGSTER_HOME": str(home),
         "DB_PATH": str(work / "hb.sqlite"),
         "BINANCE_API_URL": server.url,
+        "BINANCE_ARCHIVE_URL": server.url,
         "TRADEBEAT_ENV_FILE": str(work / "none.env"),
         "HEARTBEAT_BUFFER_SECONDS": str(args.buffer),
         "BACKFILL_MINUTES": "10",
@@ -151,10 +153,7 @@ def main() -> None:
 def beats_done(last_beat: int) -> bool:
     with dg.DagsterInstance.get() as instance:
         runs = instance.get_run_records(filters=dg.RunsFilter(tags={"tradebeat/kind": "heartbeat"}))
-    return any(
-        int(r.dagster_run.tags["tradebeat/beat_minute"]) >= last_beat and r.dagster_run.is_finished
-        for r in runs
-    )
+    return any(beat_minute_of(r.dagster_run.tags) >= last_beat and r.dagster_run.is_finished for r in runs)
 
 
 def machine_cpu_s() -> float:
@@ -184,7 +183,7 @@ def report(
         ]
     per_minute: dict[int, list[dg.DagsterRun]] = {}
     for run in runs:
-        per_minute.setdefault(int(run.tags["tradebeat/beat_minute"]), []).append(run)
+        per_minute.setdefault(beat_minute_of(run.tags), []).append(run)
     beats = sorted(m for m in per_minute if m <= last_beat)
     with sqlite3.connect(db) as conn:
         rows = conn.execute(

@@ -145,6 +145,7 @@ def daemon_env(home: Path, work: Path, extra: Mapping[str, str] | None = None) -
         "DAGSTER_HOME": str(home),
         "DB_PATH": str(work / "tradebeat.sqlite"),
         "BINANCE_API_URL": "http://127.0.0.1:9",  # idle: nothing may call the exchange
+        "BINANCE_ARCHIVE_URL": "http://127.0.0.1:9",  # nor its archives
         "TRADEBEAT_ENV_FILE": str(work / "none.env"),
         "LOG_DIR": str(work / "logs"),
         "CHARTS_DIR": str(work / "charts"),

@@ -229,6 +229,7 @@ def main() -> None:
     ):
         os.environ.update(
             BINANCE_API_URL=server.url,
+            BINANCE_ARCHIVE_URL="off",  # the REST path under faults is what this measures
             TRADEBEAT_ENV_FILE=str(Path(tmp) / "none.env"),
             EXCHANGE_RETRY_BACKOFF_SECONDS="0.05",
             EXCHANGE_TIMEOUT_SECONDS="1",

@@ -179,7 +179,15 @@ def home_env(where: Path, url: str, **extra: str) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT / "dagster_home" / "dagster.yaml", home)
     env: dict[str, str] = idle_cpu.daemon_env(home, where)
-    env.update({"BINANCE_API_URL": url, "PYTHONDONTWRITEBYTECODE": "1", "LOG_LEVEL": "WARNING", **extra})
+    env.update(
+        {
+            "BINANCE_API_URL": url,
+            "BINANCE_ARCHIVE_URL": url,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "LOG_LEVEL": "WARNING",
+            **extra,
+        }
+    )
     return env
 
 
@@ -220,7 +228,11 @@ def prepare_empty(where: Path, url: str, settle: float) -> tuple[Path, Path, dic
 
 def prepare_idle(where: Path, url: str, settle: float) -> tuple[Path, Path, dict[str, str], float]:
     _, home, workspace = idle_cpu.prepare("tradebeat", PROJECT / "dagster_home" / "dagster.yaml", work=where)
-    env = idle_cpu.daemon_env(home, where, {"PYTHONDONTWRITEBYTECODE": "1", "BINANCE_API_URL": url})
+    env = idle_cpu.daemon_env(
+        home,
+        where,
+        {"PYTHONDONTWRITEBYTECODE": "1", "BINANCE_API_URL": url, "BINANCE_ARCHIVE_URL": url},
+    )
     return workspace, home, env, settle
 
 

@@ -38,6 +38,7 @@ def render() -> Path:
             DAGSTER_HOME=str(work / "home"),
             DB_PATH=str(work / "chart.sqlite"),
             BINANCE_API_URL=server.url,
+            BINANCE_ARCHIVE_URL=server.url,
             TRADEBEAT_ENV_FILE=str(work / "none.env"),
             CHARTS_DIR=str(work / "charts"),
             LOG_DIR=str(work / "logs"),

@@ -7,8 +7,10 @@ file covers are asked of the REST API. No Dagster and no ccxt inside.
 Every file is taken whole or not at all: the download (streamed to a temporary file) must match the
 sha256 of its `.CHECKSUM` before one row is parsed, and a corrupt zip or a malformed row refuses the
 whole file (`ArchiveRefused`, naming it and why), so the caller fetches those days from REST instead.
-Rows go through the REST parser (`parse_klines`), so a candle read from an archive and the same candle
-from the API are the same row of the same frame, to the last bit.
+Plain rows are read by `exchange.kline_csv` (vectorised, ~1 M candles/s, bit-identical to the REST
+parser by construction and by test); any other row goes through the REST parser (`parse_klines`)
+itself. Either way a candle read from an archive and the same candle from the API are the same row
+of the same frame, to the last bit.
 """
 
 import asyncio
@@ -32,6 +34,7 @@ from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_af
 
 from tradebeat_pipeline.candles import clean_candles, empty_candles
 from tradebeat_pipeline.exchange.binance import MalformedAnswer, parse_klines
+from tradebeat_pipeline.exchange.kline_csv import parse_kline_csv
 from tradebeat_pipeline.settings import default
 from tradebeat_pipeline.timewindows import MINUTE_MS, day_window
 
@@ -164,19 +167,54 @@ def parse_archive_zip(path: Path, file: ArchiveFile) -> tuple[pd.DataFrame, int]
             data = archive.read(members[0])  # checks the member's CRC
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
         raise ArchiveRefused(file, f"not a readable zip ({type(exc).__name__}: {exc})") from None
+    return parse_archive_bytes(data, file)
+
+
+def parse_archive_bytes(data: bytes, file: ArchiveFile) -> tuple[pd.DataFrame, int]:
+    """An archive CSV's bytes onto the candle contract, read whole without decoding (`parse_kline_csv`).
+
+    A header row is skipped; times in microseconds become milliseconds; every open time must be a
+    minute inside the file's period, increasing. Rows that are not plain digits (a sign, a space, a
+    missing required value, a wrong field count) go to the REST parser, whose verdict stands. Anything
+    malformed refuses the whole file.
+    """
+    if not data.isascii():
+        try:
+            data.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise ArchiveRefused(file, f"the CSV is not plain text ({exc})") from None
+    # The rows between a header and the trailing newlines, each ending in one; copied only when
+    # the file has a header or not exactly one newline at its end.
+    end = len(data)
+    while end and data[end - 1] == ord("\n"):
+        end -= 1
+    first = data.find(b"\n", 0, end)
+    names = data[: end if first < 0 else first].decode("ascii").split(",")
+    start = 0
+    if len(names) == ARCHIVE_COLUMNS and all(_HEADER_FIELD.fullmatch(f) for f in names):
+        start = end if first < 0 else first + 1
+    if start >= end:
+        return empty_candles(), 0
+    body = data if start == 0 and end == len(data) - 1 else data[start:end] + b"\n"
     try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise ArchiveRefused(file, f"the CSV is not plain text ({exc})") from None
-    return parse_archive_csv(text, file)
+        parsed = parse_kline_csv(body, where=file.name)
+    except MalformedAnswer as exc:
+        raise ArchiveRefused(file, str(exc).removeprefix(f"{file.name}: ")) from None
+    if parsed is None:
+        return _parse_through_rest(data.decode("ascii"), file)
+    return _in_milliseconds_checked(file, *parsed)
 
 
 def parse_archive_csv(text: str, file: ArchiveFile) -> tuple[pd.DataFrame, int]:
-    """Archive CSV rows onto the candle contract through the REST parser.
+    """Archive CSV text onto the candle contract, as `parse_archive_bytes` reads its bytes."""
+    if text.isascii():
+        return parse_archive_bytes(text.encode("ascii"), file)
+    return _parse_through_rest(text, file)
 
-    A header row is skipped; times in microseconds become milliseconds; every open time must be a
-    minute inside the file's period, increasing. Anything else refuses the whole file.
-    """
+
+def _parse_through_rest(text: str, file: ArchiveFile) -> tuple[pd.DataFrame, int]:
+    """Archive CSV rows through the REST parser one by one: the reference, and the word on any row
+    that is not plain digits."""
     rows = [line.split(",") for line in text.splitlines()]
     while rows and rows[-1] == [""]:
         rows.pop()
@@ -196,6 +234,13 @@ def parse_archive_csv(text: str, file: ArchiveFile) -> tuple[pd.DataFrame, int]:
         candles, close_times = parse_klines(klines, where=file.name)
     except MalformedAnswer as exc:
         raise ArchiveRefused(file, str(exc).removeprefix(f"{file.name}: ")) from None
+    return _in_milliseconds_checked(file, candles, close_times)
+
+
+def _in_milliseconds_checked(
+    file: ArchiveFile, candles: pd.DataFrame, close_times: np.ndarray
+) -> tuple[pd.DataFrame, int]:
+    """Microsecond times (all or none) as milliseconds, then `_check_times`."""
     times = candles["timestamp"].to_numpy()
     microseconds = times > MICROSECONDS_ABOVE
     if microseconds.any():

@@ -6,6 +6,7 @@ selector. Explained holes (the exchange has no candles) are shaded; a line never
 plotly.js is written once beside the page, so it opens offline and the page itself stays small.
 """
 
+import html
 import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -88,11 +89,16 @@ def build_figure(charts: list[SymbolChart], *, title: str) -> "go.Figure":
         fig.update_xaxes(
             rangeslider_visible=False,
             rangeselector={
+                # Above the subplot's top-left corner, clear of the first axis label.
+                "x": 0,
+                "y": 1.02,
+                "xanchor": "left",
+                "yanchor": "bottom",
                 "buttons": [
                     {"count": 1, "label": "1h", "step": "hour", "stepmode": "backward"},
                     {"count": 6, "label": "6h", "step": "hour", "stepmode": "backward"},
                     {"step": "all", "label": "all"},
-                ]
+                ],
             },
             row=price_row,
             col=1,
@@ -114,10 +120,23 @@ def build_figure(charts: list[SymbolChart], *, title: str) -> "go.Figure":
 
 
 def write_page(fig: "go.Figure", path: Path) -> int:
-    """Write the page (plotly.min.js once, beside it); returns the page's own size in bytes."""
+    """Write the page (plotly.min.js once, beside it); returns the page's own size in bytes. The
+    figure's title is the page's too, so a browser tab says what it holds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs="directory", full_html=True)
+    fig.write_html(path, include_plotlyjs="directory", full_html=True)  # writes plotly.min.js beside it
+    title = html.escape(str(fig.layout.title.text or "tradebeat"))
+    page = path.read_text(encoding="utf-8")
+    path.write_text(page.replace("<head>", f"<head><title>{title}</title>", 1), encoding="utf-8")
     return path.stat().st_size
+
+
+def human_bytes(size: int) -> str:
+    """A size as people read it: 444821 -> '434 KiB'."""
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024**2:
+        return f"{size / 1024:.0f} KiB"
+    return f"{size / 1024**2:.1f} MiB"
 
 
 def screenshot(

@@ -17,7 +17,7 @@ from tradebeat_pipeline.defs.automation import (
     symbols_sensor,
 )
 from tradebeat_pipeline.defs.io_managers import CandleIOManager, RollupIOManager
-from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
+from tradebeat_pipeline.defs.resources import ArchivesResource, ExchangeResource, StoreResource
 
 
 def resources() -> dict[str, object]:
@@ -25,6 +25,7 @@ def resources() -> dict[str, object]:
     store = StoreResource()
     return {
         "exchange": ExchangeResource(),
+        "archives": ArchivesResource(),
         "store": store,
         "candle_io_manager": CandleIOManager(store=store),
         "rollup_io_manager": RollupIOManager(store=store),

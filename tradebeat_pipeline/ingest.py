@@ -14,12 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from tradebeat_pipeline import progress
-from tradebeat_pipeline.candles import SYMBOL_COLUMN, empty_candles, with_symbols
+from tradebeat_pipeline.candles import SYMBOL_COLUMN, with_symbols
 from tradebeat_pipeline.exchange import Exchange, FetchResult, gather_or_cancel, merge_results
 from tradebeat_pipeline.heartbeat import beat_windows, fetch_windows, wait_until_closed
 from tradebeat_pipeline.quality import (
@@ -37,12 +38,18 @@ from tradebeat_pipeline.timewindows import (
     iso_utc,
     last_closed_minute,
     month_key,
+    month_window,
     month_windows,
     span,
 )
 from tradebeat_pipeline.timewindows import now_ms as current_ms
 
+if TYPE_CHECKING:
+    from tradebeat_pipeline.archive import ArchiveReader
+
 backfill_log = logging.getLogger("tradebeat.backfill")
+# The source name of candles the REST API served (the archives name theirs in `archive`).
+SOURCE_REST = "rest"
 beat_log = logging.getLogger("tradebeat.heartbeat")
 
 # Unexplained holes a heartbeat asks about again, per symbol per beat (it has a minute to spare).
@@ -67,6 +74,7 @@ class RunPlan:
     probes: dict[str, list[Hole]]  # unexplained holes to ask about again, within the run's months
     unknown_start: list[str]  # symbols whose first candle on the exchange is not known yet
     beat_minute: int | None = None  # set for a heartbeat: the minute it stores
+    listed: dict[str, int | None] = field(default_factory=dict)  # each symbol's first candle, when known
 
     @property
     def is_beat(self) -> bool:
@@ -103,6 +111,7 @@ def plan_run(
         probes=probes,
         unknown_start=[s for s in registered if first_candles[s] is None],
         beat_minute=beat_minute,
+        listed=first_candles,
     )
 
 
@@ -144,6 +153,11 @@ class Batch:
     first_candles: dict[str, int | None] = field(default_factory=dict)
     beat_minute: int | None = None
     report: WriteReport | None = None
+    # A backfill's provenance: per symbol and month the candles each source gave (archive-monthly,
+    # archive-daily, rest), the archive files verified (name -> sha256) and those refused (why).
+    sources: dict[str, dict[date, dict[str, int]]] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)
+    refused_files: list[str] = field(default_factory=list)
 
     @cached_property
     def candles(self) -> pd.DataFrame:
@@ -172,17 +186,13 @@ class Batch:
     def writes(self) -> list[SymbolWrite]:
         """The batch as the store's writes; a row or fetch outside the run's own partitions is a bug
         and stops the write before anything is stored."""
-        batches = dict(split_by_symbol(self.candles, self.requested))
         writes = []
         for symbol, result in self.results.items():
             refuse_coverage_outside(symbol, result, self.requested)
+            refuse_candles_outside(symbol, result.candles, self.requested)
+            # Each symbol's own frame, as fetched: a history of millions of rows is not copied again.
             writes.append(
-                SymbolWrite(
-                    symbol,
-                    batches.get(symbol, empty_candles()),
-                    result.coverage,
-                    self.first_candles.get(symbol),
-                )
+                SymbolWrite(symbol, result.candles, result.coverage, self.first_candles.get(symbol))
             )
         return writes
 
@@ -216,18 +226,22 @@ def split_by_symbol(
     if unknown:
         raise ValueError(f"candles for symbols outside this run's partitions: {sorted(unknown)}")
     for symbol, frame in candles.groupby(SYMBOL_COLUMN, sort=False):
-        ts = frame["timestamp"].to_numpy()
-        inside = np.zeros(len(ts), dtype=bool)
-        for lo, hi in month_windows(requested[str(symbol)]):
-            inside |= (ts >= lo) & (ts < hi)
-        if not inside.all():
-            first = int(ts[~inside][0])
-            raise ValueError(
-                f"{symbol}: candle at {iso_utc(first)} lies outside this run's partitions; "
-                "nothing was written"
-            )
+        refuse_candles_outside(str(symbol), frame, requested)
         batches.append((str(symbol), frame.drop(columns=SYMBOL_COLUMN)))
     return batches
+
+
+def refuse_candles_outside(symbol: str, candles: pd.DataFrame, requested: dict[str, list[date]]) -> None:
+    """A candle outside the run's own partitions is a bug: it stops the write before anything is stored."""
+    ts = candles["timestamp"].to_numpy()
+    inside = np.zeros(len(ts), dtype=bool)
+    for lo, hi in month_windows(requested[symbol]):
+        inside |= (ts >= lo) & (ts < hi)
+    if not inside.all():
+        first = int(ts[~inside][0])
+        raise ValueError(
+            f"{symbol}: candle at {iso_utc(first)} lies outside this run's partitions; nothing was written"
+        )
 
 
 def refuse_coverage_outside(symbol: str, result: FetchResult, requested: dict[str, list[date]]) -> None:
@@ -271,13 +285,40 @@ def _outside(hole: Hole, windows: list[tuple[int, int]]) -> bool:
 # -- fetching ---------------------------------------------------------------------------------
 
 
-async def fetch_backfill(exchange: Exchange, plan: RunPlan) -> Batch:
-    """A backfill: every symbol's whole months (up to now), then its re-asks."""
+async def fetch_backfill(exchange: Exchange, plan: RunPlan, archives: "ArchiveReader | None" = None) -> Batch:
+    """A backfill: every symbol's whole months (up to now), then its re-asks. With `archives`
+    (their base set), closed history comes from Binance's archive files and REST serves only what
+    they lack; without, everything comes from REST."""
     progress.begin("candles fetched", total=sum(expected_minutes(days) for days in plan.requested.values()))
     first_candles = await first_candles_of(exchange, plan.unknown_start)
-    results = _merge_probes(
-        await fetch_months(exchange, plan.requested), await probe_all(exchange, plan.probes)
-    )
+    sources: dict[str, dict[date, dict[str, int]]] = {}
+    checksums: dict[str, str] = {}
+    refused: list[str] = []
+    if archives is None or archives.base is None:
+        fetched = await fetch_months(exchange, plan.requested)
+        sources = {s: rest_sources(r, plan.requested[s]) for s, r in fetched.items()}
+    else:
+        from tradebeat_pipeline.history import fetch_history
+
+        now = await exchange.server_time_ms()  # the exchange's clock decides what has closed
+        symbols = list(plan.requested)
+        histories = await gather_or_cancel(
+            fetch_history(
+                exchange,
+                archives,
+                s,
+                plan.requested[s],
+                listed_ms=plan.listed.get(s) or first_candles.get(s),
+                now_ms=now,
+            )
+            for s in symbols
+        )
+        fetched = {s: h.result for s, h in zip(symbols, histories, strict=True)}
+        for s, h in zip(symbols, histories, strict=True):
+            sources[s] = h.sources
+            checksums.update(h.checksums)
+            refused += [f"{s}: {r}" for r in h.refused]
+    results = _merge_probes(fetched, await probe_all(exchange, plan.probes))
     for symbol, result in results.items():
         months = plan.requested[symbol]
         backfill_log.info(
@@ -291,7 +332,21 @@ async def fetch_backfill(exchange: Exchange, plan: RunPlan) -> Batch:
         )
         for reason in result.failures:
             backfill_log.error("%s: part of the range could not be fetched (%s)", symbol, reason)
-    return Batch(plan.requested, results, first_candles)
+    return Batch(
+        plan.requested,
+        results,
+        first_candles,
+        sources=sources,
+        checksums=checksums,
+        refused_files=refused,
+    )
+
+
+def rest_sources(result: FetchResult, months: list[date]) -> dict[date, dict[str, int]]:
+    """Per month, the candles of a REST-only fetch."""
+    ts = result.candles["timestamp"].to_numpy(dtype=np.int64)
+    counts = {m: int(((ts >= a) & (ts < b)).sum()) for m in months for a, b in [month_window(m)]}
+    return {m: {SOURCE_REST: n} if n else {} for m, n in counts.items()}
 
 
 async def fetch_beat(exchange: Exchange, plan: RunPlan, *, buffer_s: float) -> Batch:

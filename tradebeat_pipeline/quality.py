@@ -2,7 +2,8 @@
 
 A hole is a run of closed minutes with no stored candle. Traders need to know why each one is there:
 - `exchange`: the exchange itself has no candle. Known when one answer skips the minutes (candles on
-  both sides in the same response), or when two asks of exactly that window, at least
+  both sides in the same response), when a verified archive file lacks them and the REST API, asked
+  for exactly them, has none either, or when two asks of exactly that window, at least
   `CONFIRM_AFTER_MS` apart, both came back empty while candles are stored on both sides.
 - `pending`: an answer had nothing there, once; ask again before believing it.
 - `fetch_failed`: the request errored and was never retried successfully (or was never made).
@@ -64,6 +65,10 @@ class Coverage:
     spans: tuple[tuple[int, int], ...] = ()
     # [start, end) sub-windows whose requests failed for good, with the reason.
     failed: tuple[tuple[int, int, str], ...] = ()
+    # [start, end) sub-windows two independent sources both answered for without a candle there (a
+    # verified archive file lacking minutes, then the REST API asked for exactly them): the
+    # exchange's own hole, no second look needed.
+    confirmed: tuple[tuple[int, int], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -106,8 +111,10 @@ def classify(
         before = next((h for h in previous if h.start == start), None)
         if any(a < end + MINUTE_MS and start < b for a, b, _ in coverage.failed):
             kind: GapKind = FETCH_FAILED
-        elif _inside_one_answer(start, end, coverage) or _confirmed_empty(
-            start, end, coverage, before, is_stored, now_ms
+        elif (
+            _inside_one_answer(start, end, coverage)
+            or _inside_confirmed(start, end, coverage)
+            or _confirmed_empty(start, end, coverage, before, is_stored, now_ms)
         ):
             kind = EXCHANGE
         else:
@@ -123,6 +130,11 @@ def classify(
 def _inside_one_answer(start: int, end: int, coverage: Coverage) -> bool:
     """One answer has candles on both sides: the exchange itself skipped these minutes."""
     return any(first < start and last > end for first, last in coverage.spans)
+
+
+def _inside_confirmed(start: int, end: int, coverage: Coverage) -> bool:
+    """Both sources were asked for these minutes and neither had a candle."""
+    return any(a <= start and end < b for a, b in coverage.confirmed)
 
 
 def _confirmed_empty(
@@ -226,8 +238,24 @@ def gap_report(
 ) -> GapReport:
     """Every missing minute of [start, end) is a recorded hole or, if none covers it, a minute never
     fetched successfully (`fetch_failed`, unexplained)."""
+    return gap_report_of_runs(
+        symbol, start, end, missing_runs(timestamps, start, end), recorded, halted=halted
+    )
+
+
+def gap_report_of_runs(
+    symbol: str,
+    start: int,
+    end: int,
+    runs: Iterable[tuple[int, int]],
+    recorded: Sequence[Hole],
+    *,
+    halted: int,
+) -> GapReport:
+    """`gap_report` for a store that found the window's missing runs [first, last] itself (without
+    handing millions of stored open times to Python)."""
     holes: list[Hole] = []
-    for a, b in missing_runs(timestamps, start, end):
+    for a, b in runs:
         cursor = a
         for h in sorted(recorded, key=lambda h: h.start):
             lo, hi = max(h.start, cursor), min(h.end, b)

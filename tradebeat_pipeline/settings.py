@@ -24,6 +24,7 @@ from tradebeat_pipeline.errors import Refused
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_DAGSTER_HOME = PROJECT_DIR / "dagster_home"
+ARCHIVE_URL_VARIABLE = "BINANCE_ARCHIVE_URL"
 
 # What a value of each type must be, for the refusal message.
 _KINDS: dict[Any, str] = {int: "a whole number", float: "a number"}
@@ -53,10 +54,10 @@ class Settings(BaseSettings):
     )
     archive_url: str | None = Field(
         "https://data.binance.vision",
-        alias="BINANCE_ARCHIVE_URL",
+        alias="BINANCE_ARCHIVE_URL",  # ARCHIVE_URL_VARIABLE: pydantic's plugin needs the literal
         description="Base URL of Binance's public kline archives (daily and monthly zip files, "
         "scheme://host[/path]); history is read from them before the REST API, which then only fills "
-        "the days no archive covers. `off` turns the archives off (everything from REST).",
+        "the days no archive covers. Empty or `off` turns the archives off (everything from REST).",
     )
     api_key: SecretStr | None = Field(
         None,
@@ -217,6 +218,10 @@ class Settings(BaseSettings):
     def _validated(cls, values: Mapping[str, str], env_file: Path | None) -> "Settings":
         names = {info.alias for info in cls.model_fields.values()}
         given: dict[str, Any] = {name: value for name, value in values.items() if name in names}
+        if _set_empty(ARCHIVE_URL_VARIABLE, given, env_file):
+            # Empty means unset for every other variable; for this one the documented meaning is
+            # "no archives", as `off`, so a user blanking it never gets the default host instead.
+            given[ARCHIVE_URL_VARIABLE] = "off"
         try:
             # `_env_file` is pydantic-settings' per-call .env path; mypy sees only the fields.
             return cls(_env_file=env_file, **given)  # type: ignore[call-arg]
@@ -354,3 +359,14 @@ def _bounds(info: FieldInfo) -> str:
     if "ge" in bounds:
         return f"between {bounds['ge']:g} and {bounds['le']:g}"
     return f"{low} and at most {bounds['le']:g}" if low else f"at most {bounds['le']:g}"
+
+
+def _set_empty(name: str, given: Mapping[str, Any], env_file: Path | None) -> bool:
+    """`name` set to the empty string: in the given environment, or else in the `.env` file."""
+    if name in given:
+        return bool(given[name] == "")
+    if env_file is None or not env_file.is_file():
+        return False
+    from dotenv import dotenv_values
+
+    return bool(dotenv_values(env_file).get(name) == "")

@@ -74,6 +74,7 @@ def env(tmp_path: Path, sandbox_server: SandboxServer, monkeypatch: pytest.Monke
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("DB_PATH", str(db_path))
     monkeypatch.setenv("BINANCE_API_URL", sandbox_server.url)
+    monkeypatch.setenv("BINANCE_ARCHIVE_URL", sandbox_server.url)  # its archive files, same port
     monkeypatch.setenv("TRADEBEAT_ENV_FILE", str(tmp_path / "no.env"))
     monkeypatch.setenv("EXCHANGE_RETRY_BACKOFF_SECONDS", "0.01")
     monkeypatch.setenv("LOG_DIR", str(tmp_path / "logs"))
@@ -81,6 +82,12 @@ def env(tmp_path: Path, sandbox_server: SandboxServer, monkeypatch: pytest.Monke
         monkeypatch.delenv(name, raising=False)
     yield db_path
     logs.uninstall(tmp_path / "logs")
+
+
+@pytest.fixture
+def rest_only(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Archives off: history comes from the REST API alone, for tests of the REST path itself."""
+    monkeypatch.setenv("BINANCE_ARCHIVE_URL", "off")
 
 
 @pytest.fixture

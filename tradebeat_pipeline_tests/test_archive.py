@@ -3,20 +3,24 @@ refused whole, unpublished files and days named for REST. Real HTTP throughout (
 bundled real archives served from disk); the REST side is the real ccxt client."""
 
 import asyncio
+import io
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 import pytest
 from aiohttp import web
 
 from tradebeat_pipeline.archive import (
+    MICROSECONDS_ABOVE,
     SOURCE_DAILY,
     SOURCE_MONTHLY,
     ArchiveFile,
@@ -26,11 +30,16 @@ from tradebeat_pipeline.archive import (
     MonthArchive,
     archive_urls,
     daily_archive_urls,
+    parse_archive_bytes,
     parse_archive_csv,
+    parse_archive_zip,
     read_archive,
     read_month,
 )
+from tradebeat_pipeline.candles import CANDLE_COLUMNS
+from tradebeat_pipeline.exchange.binance import parse_klines
 from tradebeat_pipeline.exchange.ccxt_client import CcxtExchange
+from tradebeat_pipeline.sandbox.archive import HEADER, locate
 from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
 from tradebeat_pipeline.timewindows import DAY_MS, day_window
 from tradebeat_pipeline_tests.conftest import ms
@@ -91,6 +100,30 @@ async def bundled_archive_host() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+def csv_in(zip_body: bytes) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(zip_body)) as archive:
+        return archive.read(archive.infolist()[0])
+
+
+def rest_parser_frame(csv: bytes) -> pd.DataFrame:
+    """The rows through `parse_klines` one by one, as the REST path reads them (an empty field is
+    null), open times in milliseconds."""
+    rows = [[v or None for v in line.split(",")] for line in csv.decode("ascii").splitlines()]
+    candles, _ = parse_klines(rows, where="reference")
+    if (candles["timestamp"] > MICROSECONDS_ABOVE).all():
+        candles["timestamp"] //= 1000
+    return candles
+
+
+def assert_same_bits(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    """Equal values and dtypes, and every float the same 64 bits (-0.0 is not 0.0 here)."""
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    for column in got.select_dtypes("float64"):
+        assert np.array_equal(
+            got[column].to_numpy().view(np.int64), expected[column].to_numpy().view(np.int64)
+        )
+
+
 # -- the real archives ----------------------------------------------------------------------------
 
 
@@ -105,6 +138,14 @@ def test_a_real_daily_archive_verifies_and_parses_into_exactly_the_rest_frame(
     assert result.sha256 == (BUNDLED / f"{file.name}.CHECKSUM").read_text().split()[0]
     expected = rest_candles(sandbox_server, "BTC/USDT", *day_window(day))
     pd.testing.assert_frame_equal(result.candles, expected, check_exact=True)
+
+
+@pytest.mark.parametrize("day", REAL_DAYS, ids=str)
+def test_a_real_archive_parses_bit_for_bit_into_the_rest_parsers_frame(day: date) -> None:
+    file = daily_archive_urls("https://data.binance.vision", "BTCUSDT", day)
+    candles, rows = parse_archive_zip(BUNDLED / file.name, file)
+    assert rows == 1440
+    assert_same_bits(candles, rest_parser_frame(csv_in((BUNDLED / file.name).read_bytes())))
 
 
 def test_a_real_archive_whose_bytes_changed_is_refused_before_parsing(tmp_path: Path) -> None:
@@ -172,6 +213,28 @@ def test_microsecond_files_from_2025_become_millisecond_open_times(
     pd.testing.assert_frame_equal(
         result.candles, rest_candles(sandbox_server, "SYN/USDT", *day_window(day)), check_exact=True
     )
+
+
+@pytest.mark.parametrize(
+    ("market", "day", "held"),
+    [
+        ("SYNUSDT", date(2025, 1, 1), b"\n1735689660000000,"),  # times in microseconds
+        ("SOLUSDT", date(2023, 3, 24), b",,,,0\n"),  # no optional volumes (empty fields); the halt
+    ],
+)
+def test_a_sandbox_file_parses_bit_for_bit_into_the_rest_parsers_frame(
+    market: str, day: date, held: bytes, tmp_path: Path, sandbox: Sandbox
+) -> None:
+    file = daily_archive_urls("http://127.0.0.1", market, day)
+    wanted = locate("daily", market, file.name)
+    assert wanted is not None
+    built = sandbox.archives.build(sandbox.markets[market].series, wanted, None)
+    assert built is not None
+    (tmp_path / file.name).write_bytes(built[0])
+    assert held in csv_in(built[0])
+    candles, rows = parse_archive_zip(tmp_path / file.name, file)
+    assert rows == len(candles) > 0
+    assert_same_bits(candles, rest_parser_frame(csv_in(built[0])))
 
 
 def test_the_current_month_is_read_from_the_daily_files_of_its_closed_days(
@@ -290,6 +353,7 @@ def test_archives_off_cover_nothing_and_ask_nothing(sandbox: Sandbox, tmp_path: 
 
 FILE = daily_archive_urls("https://data.binance.vision", "BTCUSDT", date(2020, 1, 1))
 ROW = "1577836800000,7195.24,7196.25,7183.14,7186.68,51.642812,1577836859999,371233.51,493,19.59,140888.41,0"
+NEXT = ROW.replace("1577836800000", "1577836860000").replace("1577836859999", "1577836919999")
 
 
 @pytest.mark.parametrize(
@@ -302,11 +366,77 @@ ROW = "1577836800000,7195.24,7196.25,7183.14,7186.68,51.642812,1577836859999,371
         (ROW + "\n" + ROW.replace("1577836800000", "1577836860000000") + "\n", "mix microseconds"),
         (ROW.replace("7195.24", "", 1) + "\n", "kline #0 has no open"),
         (ROW + "\n\n" + ROW + "\n", "kline #1 has 1 fields"),
+        (ROW + ",1\n", "kline #0 has 13 fields, not 12"),
+        (ROW + "\n" + NEXT.replace("7195.24", "abc") + "\n", "kline #1 has a non-numeric open: 'abc'"),
+        (ROW.replace("51.642812", "nan") + "\n", "kline #0 has a non-numeric volume: 'nan'"),
+        (ROW.replace("7186.68", "inf") + "\n", "kline #0 has a non-numeric close: 'inf'"),
+        (ROW.replace("7196.25", "1e999") + "\n", "kline #0 has a non-numeric high: '1e999'"),
+        (ROW.replace("371233.51", "9" * 400) + "\n", "kline #0 has a non-numeric quote_volume: '999"),
+        (ROW.replace("7183.14", ".") + "\n", "kline #0 has a non-numeric low: '.'"),
+        (ROW.replace("7195.24", "7.19.5") + "\n", "kline #0 has a non-numeric open: '7.19.5'"),
+        (ROW.replace("7195.24", '"7195.24"') + "\n", "kline #0 has a non-numeric open: '\"7195.24\"'"),
+        (ROW.replace("1577836859999", "") + "\n", r"no numeric close time \(field 6\)"),
+        (ROW.replace("1577836859999", "1577836860000") + "\n", "#0: open time 1577836800000 does not close"),
+        (
+            ROW + "\n" + NEXT.replace(",493,", ",493.5,") + "\n",
+            "kline #1 has a trade count that is not whole",
+        ),
     ],
 )
 def test_a_malformed_row_refuses_the_whole_file(text: str, problem: str) -> None:
     with pytest.raises(ArchiveRefused, match=problem):
         parse_archive_csv(text, FILE)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ROW.replace("7195.24", " 7195.24") + "\n",
+        ROW.replace("7195.24", "+7195.24") + "\n",
+        ROW.replace("7195.24", "7.19524e3") + "\n",
+        ROW.replace("1577836800000", "1577836800000.0") + "\n",
+        ROW + "\r\n" + NEXT + "\r\n",
+    ],
+    ids=["space", "sign", "exponent", "time with a point", "CRLF"],
+)
+def test_rows_that_are_not_plain_digits_are_read_exactly_as_the_rest_parser_reads_them(text: str) -> None:
+    candles, rows = parse_archive_csv(text, FILE)
+    assert rows == len(text.splitlines())
+    assert_same_bits(candles, rest_parser_frame(text.encode("ascii")))
+
+
+def test_a_csv_that_is_not_ascii_is_refused() -> None:
+    with pytest.raises(ArchiveRefused, match=r"the CSV is not plain text \('ascii' codec can't decode"):
+        parse_archive_bytes(ROW.replace("7195.24", "7195\u00b724").encode("utf-8") + b"\n", FILE)
+
+
+def test_a_file_of_its_header_row_alone_holds_no_candles() -> None:
+    candles, rows = parse_archive_csv(HEADER + "\n", FILE)
+    assert rows == 0 and candles.empty and list(candles.columns) == list(CANDLE_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    ("members", "found"),
+    [(["a.csv", "b.csv"], "a.csv, b.csv"), (["a.txt"], "a.txt"), ([], "nothing")],
+)
+def test_a_zip_without_exactly_one_csv_is_refused(members: list[str], found: str, tmp_path: Path) -> None:
+    path = tmp_path / FILE.name
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in members:
+            archive.writestr(name, ROW + "\n")
+    with pytest.raises(ArchiveRefused, match=f"^{FILE.name}: expected one CSV in the zip, found {found}$"):
+        parse_archive_zip(path, FILE)
+
+
+def test_a_zip_whose_csv_fails_its_crc_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / FILE.name
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("BTCUSDT-1m-2020-01-01.csv", ROW + "\n")
+    body = bytearray(path.read_bytes())
+    body[body.index(b"7195.24")] = ord("8")  # still a plain row: only the CRC tells
+    path.write_bytes(bytes(body))
+    with pytest.raises(ArchiveRefused, match=r"not a readable zip \(BadZipFile: Bad CRC-32"):
+        parse_archive_zip(path, FILE)
 
 
 def test_an_empty_optional_field_stays_missing_as_rest_null() -> None:

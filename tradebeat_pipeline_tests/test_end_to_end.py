@@ -21,6 +21,7 @@ import pytest
 import time_machine
 
 from tradebeat_pipeline.cli import main
+from tradebeat_pipeline.defs.partitions import beat_minute_of
 from tradebeat_pipeline.sandbox.market_data import ReplayedSeries, replay_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
@@ -141,14 +142,14 @@ def test_every_beat_is_one_run_that_stores_each_closed_minute_with_final_values(
             r.dagster_run
             for r in instance.get_run_records(filters=dg.RunsFilter(tags={"tradebeat/kind": "heartbeat"}))
         ]
-    minutes = [int(r.tags["tradebeat/beat_minute"]) for r in every_beat]
+    minutes = [beat_minute_of(r.tags) for r in every_beat]
     assert len(minutes) == len(set(minutes)), "a beat minute got more than one run"
     for run in beats:
         assert run.tags["dagster/asset_partition_range_start"].endswith("|BTC/USDT")
         assert run.tags["dagster/asset_partition_range_end"].endswith("|SOL/USDT")
 
     for run in beats:
-        minute = int(run.tags["tradebeat/beat_minute"])
+        minute = beat_minute_of(run.tags)
         for symbol in SYMBOLS:
             stored = live.rows(symbol)
             exchange_has = final_values(live.sandbox, symbol, minute)
@@ -188,7 +189,7 @@ def recent_beat(live: LiveSystem) -> list[dg.DagsterRun] | None:
         return None
     now = time.time() * 1000
     beats = live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS)
-    return [r for r in beats if now - int(r.tags["tradebeat/beat_minute"]) <= 3 * MIN] or None
+    return [r for r in beats if now - beat_minute_of(r.tags) <= 3 * MIN] or None
 
 
 def test_status_is_healthy_while_the_daemon_beats(
@@ -238,7 +239,7 @@ def test_minutes_missed_while_the_daemon_was_down_are_filled_by_the_next_beat(li
         lambda: [
             r
             for r in live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS)
-            if int(r.tags["tradebeat/beat_minute"]) >= down_until
+            if beat_minute_of(r.tags) >= down_until
         ],
         timeout_s=300,
         poll_s=1,

@@ -20,6 +20,8 @@ PURE_MODULES = (
     "tradebeat_pipeline.exchange",
     "tradebeat_pipeline.exchange.ccxt_client",
     "tradebeat_pipeline.exchange.binance",
+    "tradebeat_pipeline.exchange.kline_csv",
+    "tradebeat_pipeline.history",
     "tradebeat_pipeline.store",
     "tradebeat_pipeline.store.sqlite",
     "tradebeat_pipeline.store.postgres",

@@ -16,6 +16,9 @@ from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.sandbox.server import Sandbox
 from tradebeat_pipeline_tests.conftest import archive_rows, ms, stored_rows, wait_for
 
+# The exchange is what misbehaves here: history comes from its REST API alone, not the archives.
+pytestmark = pytest.mark.usefixtures("rest_only")
+
 SIX = "timestamp, open, high, low, close, volume"
 
 JANUARY = ["--start", "2020-01", "--end", "2020-01"]  # BTC/USDT: its first 3 days are the archive

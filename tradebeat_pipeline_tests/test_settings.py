@@ -137,7 +137,7 @@ def test_every_setting_is_documented_in_its_declaration() -> None:
     ("value", "expected"),
     [
         (None, "https://data.binance.vision"),
-        ("", "https://data.binance.vision"),  # blank is unset, as for every setting
+        ("", None),  # blank means no archives, as documented (for other settings blank is unset)
         ("off", None),
         (" OFF ", None),
         ("http://127.0.0.1:18081/", "http://127.0.0.1:18081"),
@@ -149,6 +149,13 @@ def test_the_archive_url_defaults_to_binance_and_off_turns_the_archives_off(
 ) -> None:
     given = {} if value is None else {"BINANCE_ARCHIVE_URL": value}
     assert Settings.from_mapping(given).archive_url == expected
+
+
+def test_a_blank_archive_url_in_the_env_file_turns_the_archives_off(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("BINANCE_ARCHIVE_URL=\n")
+
+    assert Settings.load(environ={}, env_file=env_file).archive_url is None
 
 
 @pytest.mark.parametrize("value", ["data.binance.vision", "ftp://data.binance.vision", "https://x/?a=1"])

@@ -253,6 +253,32 @@ def _history_commands(commands: Subcommands) -> None:
         "--repair", action="store_true", help="refetch the days with unexplained holes as ONE run first"
     )
 
+    verify = command(
+        commands,
+        "verify",
+        "verify:verify",
+        _backfill_range,
+        help="compare the stored candles of a range, bit for bit, with Binance's checksum-verified "
+        "archives: exit 0 identical, 1 not (a refused archive file, or no day verifiable, is 1 too: "
+        "the store cannot be proven there); days not yet published are reported, not failed",
+    )
+    verify.description = (
+        "Download the archives' checksums and files for the range again and compare them, candle by "
+        "candle and bit for bit on every column, with the store. Exit 0: identical. Exit 1: a minute "
+        "differs, is missing or is extra; or an archive file was refused (bad checksum, corrupt, failed "
+        "download), or no day could be verified, since the store cannot be proven there. Days whose "
+        "file is not published yet are reported as not verifiable and fail nothing."
+    )
+    _range_arguments(verify, "YYYY-MM[-DD]")
+    verify.add_argument("--json", action="store_true", help="one JSON object on one line")
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="upsert the archive's values of the differing and missing minutes in one transaction "
+        "(a correction: new ingested_at, logged); extra stored minutes are reported, never deleted, "
+        "since the archive may lack what the API served",
+    )
+
     export = command(
         commands, "export", "export:export", _export, help="write candles or rollups as zstd Parquet (DuckDB)"
     )

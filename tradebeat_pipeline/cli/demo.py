@@ -99,6 +99,7 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
             "started. Ctrl-C stops everything.\n"
             f"Its health, from another shell in {PROJECT_DIR}:\n"
             f"  DAGSTER_HOME={home} DB_PATH={env['DB_PATH']} BINANCE_API_URL={exchange_url} "
+            f"BINANCE_ARCHIVE_URL={exchange_url} "
             "uv run tradebeat status",
             flush=True,
         )
@@ -117,6 +118,7 @@ def _demo_environment(home: Path, exchange_url: str, symbols: str) -> dict[str, 
         "DAGSTER_HOME": str(home),
         "DB_PATH": str(PROJECT_DIR / "data" / "demo.sqlite"),
         "BINANCE_API_URL": exchange_url,
+        "BINANCE_ARCHIVE_URL": exchange_url,  # the sandbox serves Binance's archive layout too
         "BINANCE_API_KEY": "",  # never send real keys to the sandbox
         "BINANCE_SECRET_KEY": "",
         "SYMBOLS": symbols,

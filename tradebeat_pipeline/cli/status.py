@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 
 import dagster as dg
@@ -12,7 +13,7 @@ import dagster as dg
 from tradebeat_pipeline import health
 from tradebeat_pipeline.budget import WINDOW_S, BudgetUse, read_ledger
 from tradebeat_pipeline.cli.runs import instance
-from tradebeat_pipeline.defs.partitions import BEAT_MINUTE_TAG, KIND_TAG, Kind
+from tradebeat_pipeline.defs.partitions import KIND_TAG, Kind, beat_minute_of
 from tradebeat_pipeline.settings import Settings
 from tradebeat_pipeline.store import StoreError, open_store
 from tradebeat_pipeline.timewindows import iso_utc
@@ -32,7 +33,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
                 health.BeatRun(
                     status=r.dagster_run.status.value,
                     created_s=r.create_timestamp.timestamp(),
-                    minute=_beat_minute(r.dagster_run.tags.get(BEAT_MINUTE_TAG)),
+                    minute=_beat_minute(r.dagster_run.tags),
                 )
                 for r in dagster.get_run_records(
                     filters=dg.RunsFilter(tags={KIND_TAG: Kind.HEARTBEAT}), limit=10
@@ -74,8 +75,11 @@ def _print_budget(use: BudgetUse | None) -> None:
     print(line)
 
 
-def _beat_minute(tag: str | None) -> str | None:
-    return iso_utc(int(tag)) if tag is not None and tag.isdigit() else None
+def _beat_minute(tags: Mapping[str, str]) -> str | None:
+    try:
+        return iso_utc(beat_minute_of(tags))
+    except (KeyError, ValueError):
+        return None
 
 
 def _print_status(report: health.Report) -> None:

@@ -18,13 +18,19 @@ from tradebeat_pipeline.candles import SYMBOL_COLUMN
 from tradebeat_pipeline.defs.checks import CHECK_SPECS, evaluate
 from tradebeat_pipeline.defs.partitions import (
     BEAT_MINUTE_TAG,
+    beat_minute_of,
     candle_partitions,
     months_by_symbol,
     partition_key,
 )
-from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource, run_settings
+from tradebeat_pipeline.defs.resources import (
+    ArchivesResource,
+    ExchangeResource,
+    StoreResource,
+    run_settings,
+)
 from tradebeat_pipeline.exchange import Exchange
-from tradebeat_pipeline.ingest import Batch, IngestError, fetch_backfill, fetch_beat, plan_run
+from tradebeat_pipeline.ingest import Batch, IngestError, RunPlan, fetch_backfill, fetch_beat, plan_run
 from tradebeat_pipeline.rollups import ROLLUP_COLUMNS, ROLLUP_TIMEFRAMES, rollup, windows_to_recompute
 from tradebeat_pipeline.timewindows import (
     DAY_MS,
@@ -59,18 +65,21 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", categor
     check_specs=CHECK_SPECS,
 )
 def ohlcv_1m(
-    context: dg.AssetExecutionContext, exchange: ExchangeResource, store: StoreResource
+    context: dg.AssetExecutionContext,
+    exchange: ExchangeResource,
+    archives: ArchivesResource,
+    store: StoreResource,
 ) -> Iterator[dg.Output[Batch] | dg.AssetCheckResult]:
     """Closed 1-minute OHLCV candles; one partition is one UTC month of one symbol.
 
-    A backfill fetches its whole months (up to now for the current one), one window per symbol, all
-    symbols at once (years of history are one run). A heartbeat fetches only what each symbol lacks
+    A backfill fetches its whole months (up to now for the current one), all symbols at once (years
+    of history are one run): closed days from Binance's checksum-verified archive files, the rest
+    from the REST API. A heartbeat fetches only what each symbol lacks
     up to its minute. Both ask again about unexplained holes in their months, and record the holes
     their answers reveal.
     """
     settings = run_settings()
-    beat_tag = context.run.tags.get(BEAT_MINUTE_TAG)
-    beat_minute = None if beat_tag is None else int(beat_tag)
+    beat_minute = beat_minute_of(context.run.tags) if BEAT_MINUTE_TAG in context.run.tags else None
     try:
         with store.open() as candles:
             plan = plan_run(
@@ -87,7 +96,7 @@ def ohlcv_1m(
                 )
             )
         else:
-            batch = asyncio.run(_fetch(exchange, Lane.BULK, lambda ex: fetch_backfill(ex, plan)))
+            batch = asyncio.run(_backfill(exchange, archives, plan))
     except IngestError as exc:
         raise dg.Failure(str(exc)) from exc
     yield dg.Output(batch)  # the IO manager writes it in one transaction and keeps the report on it
@@ -100,6 +109,11 @@ async def _fetch(
 ) -> Batch:
     async with exchange.open(lane) as client:
         return await fetch(client)
+
+
+async def _backfill(exchange: ExchangeResource, archives: ArchivesResource, plan: RunPlan) -> Batch:
+    async with exchange.open(Lane.BULK) as client, archives.open() as reader:
+        return await fetch_backfill(client, plan, reader)
 
 
 def _rollup_asset(timeframe: str) -> dg.AssetsDefinition:
@@ -165,7 +179,7 @@ ROLLUP_ASSETS = [ohlcv_5m, ohlcv_1h, ohlcv_1d]
     "then candlesticks + volume per symbol over CHART_WINDOW_HOURS; the exchange's own holes shaded.",
 )
 def price_chart(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
-    from tradebeat_pipeline.chart import SymbolChart, build_figure, write_page
+    from tradebeat_pipeline.chart import SymbolChart, build_figure, human_bytes, write_page
 
     settings = run_settings()
     charts: list[SymbolChart] = []
@@ -195,6 +209,7 @@ def price_chart(context: dg.AssetExecutionContext, store: StoreResource) -> dg.M
             "path": dg.MetadataValue.path(str(path)),
             "open": dg.MetadataValue.url(path.resolve().as_uri()),
             "page_bytes": size,
+            "page_size": human_bytes(size),
             "symbols": len(charts),
             "preview": dg.MetadataValue.md(_preview(charts)),
         }

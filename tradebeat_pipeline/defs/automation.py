@@ -10,11 +10,11 @@ import dagster as dg
 
 from tradebeat_pipeline.defs.assets import ROLLUP_ASSETS, ohlcv_1m, price_chart
 from tradebeat_pipeline.defs.partitions import (
-    BEAT_MINUTE_TAG,
     KIND_TAG,
     ONBOARD_TAG,
     SYMBOLS_PARTITIONS_NAME,
     Kind,
+    beat_minute_of,
     beat_tags,
     candle_partitions,
     range_of,
@@ -26,14 +26,20 @@ from tradebeat_pipeline.exchange import SymbolNotListed, SymbolNotTrading
 from tradebeat_pipeline.heartbeat import beat_months
 from tradebeat_pipeline.retention import BeatRunInfo, runs_to_delete
 from tradebeat_pipeline.symbols import (
+    Refusal,
     SymbolError,
     SymbolsCursor,
+    Verdict,
     history_months,
+    judge_candidates,
     normalize_symbol,
+    onboarded_decision,
     onboarding_runs,
     plan_symbols,
+    retired_decision,
+    tick_summary,
 )
-from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, month_key, month_of, now_ms
+from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, month_of, now_ms
 
 symbols_log = logging.getLogger("tradebeat.symbols")
 retention_log = logging.getLogger("tradebeat.retention")
@@ -69,6 +75,11 @@ chart_job = dg.define_asset_job("chart_job", selection=[price_chart], executor_d
     execution_timezone="UTC",
     job=rollups_job,
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    description=(
+        "Every 15 minutes, on the hour and at :15, :30 and :45 UTC: one run that brings this month's "
+        "5-minute, hourly and daily candles of every symbol up to date, recomputing only the days "
+        "whose 1-minute candles changed since its last run. Skipped while no symbol is registered."
+    ),
 )
 def rollups_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
     """Every 15 minutes, the current month's 5m/1h/1d buckets of every symbol as ONE run (not every
@@ -88,6 +99,10 @@ def rollups_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | d
     execution_timezone="UTC",
     job=chart_job,
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    description=(
+        "Every 15 minutes, at :05, :20, :35 and :50 UTC (between the rollup runs): redraws the price "
+        "chart page from the stored candles. Skipped while no symbol is registered."
+    ),
 )
 def chart_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
     """Every 15 minutes, the price chart page; skipped while no symbol is registered (the run would
@@ -102,6 +117,11 @@ def chart_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.
     execution_timezone="UTC",
     job=candles_job,
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    description=(
+        "Every minute: one run that stores the minute that has just closed for every registered "
+        "symbol, a few seconds after it closes, together with any minutes missed since the last beat. "
+        "Skipped while an earlier beat is still waiting in the queue."
+    ),
 )
 def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg.RunRequest | dg.SkipReason:
     """Every minute, ONE run over every symbol's latest month(s) that stores the minute now open once
@@ -144,105 +164,108 @@ def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg
 # few seconds). Each evaluation costs the daemon a tick row and the code server an instance and the
 # resources, whether or not anything changed: at 15 s that was a third of tradebeat's idle CPU
 # beyond the code server's own start.
-@dg.sensor(job=backfill_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(
+    job=backfill_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Every 30 seconds, looks for symbols added or removed (a `symbols` partition added in the UI, "
+        "`tradebeat symbols add/remove`, the SYMBOLS setting). A new symbol is checked against the "
+        "exchange, kept in one upper-case spelling (btc/usdt becomes BTC/USDT) and onboarded with one "
+        "backfill run of its recent history; a malformed or unknown one is deleted with its reason; a "
+        "removed one stops being fetched and keeps its candles. Each decision is a line in the tick's log."
+    ),
+)
 def symbols_sensor(
     context: dg.SensorEvaluationContext, exchange: ExchangeResource, store: StoreResource
 ) -> dg.SensorResult:
     """Onboards symbols however they were added (UI partition, `tradebeat symbols add`, SYMBOLS):
     validates them against the exchange, keeps one upper-case spelling, registers them in the
-    store and launches ONE backfill run of BACKFILL_MINUTES of history; retires removed ones."""
+    store and launches ONE backfill run of BACKFILL_MINUTES of history; retires removed ones.
+
+    Every decision (normalised, duplicate spelling removed, rejected with its reason, onboarded,
+    retired) is a line in the tick's log; a tick that launches no run says what it decided as its
+    skip reason, the one line the UI shows beside the tick (Dagster allows it only without runs).
+    """
     settings = run_settings()
     cursor = SymbolsCursor.load(context.cursor)
-    partitions = context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME)
-    plan = plan_symbols(list(partitions), list(settings.symbols), cursor)
-    add: list[str] = []
-    delete: list[str] = []
-    runs: list[dg.RunRequest] = []
-    history: dict[str, tuple[date, date]] = {}
-    now = now_ms()
-
+    partitions = list(context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME))
+    plan = plan_symbols(partitions, list(settings.symbols), cursor)
     verdicts = asyncio.run(_validate(exchange, plan.candidates)) if plan.candidates else {}
-    for raw in plan.candidates:
-        if raw in settings.symbols:
-            cursor.setting_seen.add(raw)
-        symbol, reason = verdicts[raw]
-        if raw in partitions and (raw != symbol or reason is not None):
-            delete.append(raw)  # a rejected symbol, or a second spelling of one
-        if reason is not None:
-            _both(context, logging.WARNING, f"rejected symbol {raw!r}: {reason}")
-            continue
-        assert symbol is not None
-        if symbol in cursor.onboarded:
-            continue
+    cursor.setting_seen.update(raw for raw in plan.candidates if raw in settings.symbols)
+    tick = judge_candidates(plan, partitions, cursor.onboarded, verdicts)
+    decisions = list(tick.decisions)
+
+    now = now_ms()
+    history: dict[str, tuple[date, date]] = {}
+    for symbol in tick.onboard:
         with store.open() as candles:
             candles.register_symbol(symbol)
             newest = candles.newest_candles([symbol])[symbol]
-        if symbol not in partitions and symbol not in add:
-            add.append(symbol)
         history[symbol] = history_months(now, settings.backfill_minutes, newest)
         cursor.onboarded.add(symbol)
 
-    order = [p for p in partitions if p not in delete] + add  # partition order once requests apply
+    runs: list[dg.RunRequest] = []
+    order = [p for p in partitions if p not in tick.delete] + tick.add  # once the requests apply
     for group in onboarding_runs(order, history):
         first, last = group.symbols[0], group.symbols[-1]
-        span = first if first == last else f"{first}..{last} ({len(group.symbols)} symbols)"
         runs.append(
             dg.RunRequest(
                 run_key=f"onboard-{first}-{last}-{now}",
                 tags={
                     **range_tags((group.first_month, first), (group.last_month, last)),
                     KIND_TAG: Kind.BACKFILL,
-                    ONBOARD_TAG: span,
+                    ONBOARD_TAG: group.span,
                 },
             )
         )
-        _both(
-            context,
-            logging.INFO,
-            f"onboarded {span}: backfilling {month_key(group.first_month)}..{month_key(group.last_month)} "
-            "as one run",
-        )
+        decisions.append(onboarded_decision(group))
 
     for symbol in plan.retired:
         with store.open() as candles:
             candles.deactivate_symbol(symbol)
         cursor.onboarded.discard(symbol)
-        _both(context, logging.INFO, f"retired {symbol}: partition removed, candles kept")
+        decisions.append(retired_decision(symbol))
+
+    for decision in decisions:
+        context.log.log(decision.level, decision.message)  # the tick's log in the UI
+        symbols_log.log(decision.level, decision.message)  # logs/symbols.log
 
     requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
-    if add:
-        requests.append(symbols_partitions.build_add_request(add))
-    if delete:
-        requests.append(symbols_partitions.build_delete_request(delete))
-    return dg.SensorResult(run_requests=runs, dynamic_partitions_requests=requests, cursor=cursor.dump())
+    if tick.add:
+        requests.append(symbols_partitions.build_add_request(tick.add))
+    if tick.delete:
+        requests.append(symbols_partitions.build_delete_request(tick.delete))
+    return dg.SensorResult(
+        run_requests=runs,
+        skip_reason=None if runs else tick_summary(decisions, registered=len(order)),
+        dynamic_partitions_requests=requests,
+        cursor=cursor.dump(),
+    )
 
 
-def _both(context: dg.SensorEvaluationContext, level: int, message: str) -> None:
-    """A sensor line for the tick's log in the UI and for logs/symbols.log."""
-    context.log.log(level, message)
-    symbols_log.log(level, message)
-
-
-async def _validate(exchange: ExchangeResource, raws: list[str]) -> dict[str, tuple[str | None, str | None]]:
-    """Per raw input: (normalised symbol, None) if the exchange trades it, else (symbol?, reason).
+async def _validate(exchange: ExchangeResource, raws: list[str]) -> dict[str, Verdict]:
+    """Per raw input: its normalised spelling if the exchange trades it, else why not.
 
     An exchange that cannot be reached raises: the tick fails visibly and is retried, instead of
     rejecting good symbols.
     """
-    verdicts: dict[str, tuple[str | None, str | None]] = {}
+    verdicts: dict[str, Verdict] = {}
     async with exchange.open() as client:
         for raw in raws:
             try:
                 symbol = normalize_symbol(raw)
             except SymbolError as exc:
-                verdicts[raw] = (None, str(exc))
+                verdicts[raw] = Verdict(None, Refusal.MALFORMED, str(exc))
                 continue
             try:
                 await client.check_symbol(symbol)
-            except (SymbolNotListed, SymbolNotTrading) as exc:
-                verdicts[raw] = (symbol, str(exc))
+            except SymbolNotListed as exc:
+                verdicts[raw] = Verdict(symbol, Refusal.NOT_LISTED, str(exc))
+            except SymbolNotTrading as exc:
+                verdicts[raw] = Verdict(symbol, Refusal.NOT_TRADING, str(exc))
             else:
-                verdicts[raw] = (symbol, None)
+                verdicts[raw] = Verdict(symbol)
     return verdicts
 
 
@@ -258,7 +281,7 @@ def prune_heartbeat_runs(context: dg.OpExecutionContext) -> None:
         tags = run.tags
         try:
             (first, _), (last, _) = range_of(tags)
-            minute = int(tags[BEAT_MINUTE_TAG])
+            minute = beat_minute_of(tags)
         except (KeyError, ValueError):
             continue  # not a run the heartbeat made: never touch it
         beats.append(BeatRunInfo(run.run_id, minute, first, last, record.create_timestamp.timestamp()))
@@ -289,4 +312,9 @@ retention_schedule = dg.ScheduleDefinition(
     execution_timezone="UTC",
     job=retention_job,
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    description=(
+        "Every day at 03:17 UTC: deletes heartbeat runs older than RUN_RETENTION_DAYS from the Dagster "
+        "instance, keeping each month's newest beat so partition status stays true. Candles are "
+        "never touched."
+    ),
 )

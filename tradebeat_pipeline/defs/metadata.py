@@ -10,11 +10,15 @@ from typing import Any, Self
 
 import dagster as dg
 
+from tradebeat_pipeline.defs.partitions import partition_key
 from tradebeat_pipeline.ingest import Batch, WriteReport
 from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc
 
 # Per-symbol figures are listed only for runs over at most this many symbols (the page stays short).
 MAX_SYMBOLS_LISTED = 20
+# Per-partition provenance (and per-file checksums) are listed for runs up to this size: a symbol's
+# whole history is ~100 monthly partitions.
+MAX_PARTITIONS_LISTED = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,13 @@ class RunMetadata(_Metadata):
     beat_minute: str | None = None
     close_to_commit_s: float | None = None
     failed_symbols: str | None = None
+    # A backfill's provenance: candles per source (archive-monthly, archive-daily, rest), per
+    # partition when the run has at most MAX_PARTITIONS_LISTED, and the archive files proven.
+    candles_by_source: dict[str, int] | None = None
+    candles_by_partition_and_source: dict[str, dict[str, int]] | None = None
+    archive_files_verified: int | None = None
+    archive_checksums: dict[str, str] | None = None
+    archive_files_refused: list[str] | None = None
 
     @classmethod
     def of(cls, batch: Batch, report: WriteReport, *, partitions: int) -> "RunMetadata":
@@ -76,7 +87,31 @@ class RunMetadata(_Metadata):
             beat_minute=None if beat is None else iso_utc(beat),
             close_to_commit_s=None if beat is None else (report.committed_ms - beat - MINUTE_MS) / 1000,
             failed_symbols=None if beat is None else ", ".join(batch.failed) or "none",
+            **_provenance(batch),
         )
+
+
+def _provenance(batch: Batch) -> dict[str, Any]:
+    """A backfill's sources and archive files, as RunMetadata fields (a beat has none)."""
+    if batch.beat_minute is not None:
+        return {}
+    totals: Counter[str] = Counter()
+    by_partition: dict[str, dict[str, int]] = {}
+    for symbol, months in batch.sources.items():
+        for month, counts in months.items():
+            totals.update(counts)
+            by_partition[str(partition_key(month, symbol))] = counts
+    return {
+        "candles_by_source": dict(sorted(totals.items())),
+        "candles_by_partition_and_source": (
+            dict(sorted(by_partition.items())) if len(by_partition) <= MAX_PARTITIONS_LISTED else None
+        ),
+        "archive_files_verified": len(batch.checksums),
+        "archive_checksums": (
+            dict(sorted(batch.checksums.items())) if len(batch.checksums) <= MAX_PARTITIONS_LISTED else None
+        ),
+        "archive_files_refused": batch.refused_files or None,
+    }
 
 
 @dataclasses.dataclass(frozen=True)

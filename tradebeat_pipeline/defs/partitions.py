@@ -13,7 +13,7 @@ from typing import Final
 
 import dagster as dg
 
-from tradebeat_pipeline.timewindows import FIRST_MONTH, month_key, parse_month
+from tradebeat_pipeline.timewindows import FIRST_MONTH, iso_utc, month_key, parse_instant, parse_month
 
 MONTH_DIMENSION = "month"
 SYMBOL_DIMENSION = "symbol"
@@ -74,7 +74,7 @@ def range_of(tags: Mapping[str, str]) -> tuple[tuple[date, str], tuple[date, str
 
 # Run tags tradebeat sets and reads.
 KIND_TAG = "tradebeat/kind"  # a `Kind`
-BEAT_MINUTE_TAG = "tradebeat/beat_minute"  # epoch ms of the minute a heartbeat stores
+BEAT_MINUTE_TAG = "tradebeat/beat_minute"  # the minute a heartbeat stores, ISO UTC (2026-01-02T03:04:00Z)
 ONBOARD_TAG = "tradebeat/onboard"  # the symbols an automatic history backfill onboards
 
 
@@ -89,4 +89,11 @@ class Kind:
 
 def beat_tags(first: tuple[date, str], last: tuple[date, str], minute_ms: int) -> dict[str, str]:
     """Tags that make a run the heartbeat for `minute_ms` over the rectangle `first`..`last`."""
-    return {**range_tags(first, last), KIND_TAG: Kind.HEARTBEAT, BEAT_MINUTE_TAG: str(minute_ms)}
+    return {**range_tags(first, last), KIND_TAG: Kind.HEARTBEAT, BEAT_MINUTE_TAG: iso_utc(minute_ms)}
+
+
+def beat_minute_of(tags: Mapping[str, str]) -> int:
+    """The minute (epoch ms) a heartbeat run stores; KeyError when the run is not one, ValueError
+    when the tag is not a time. Runs from before the tag was ISO carry epoch ms, read too."""
+    value = tags[BEAT_MINUTE_TAG]
+    return int(value) if value.isdigit() else parse_instant(value)

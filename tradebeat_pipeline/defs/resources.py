@@ -16,6 +16,7 @@ from tradebeat_pipeline.settings import Settings
 from tradebeat_pipeline.store import CandleStore, open_store
 
 if TYPE_CHECKING:
+    from tradebeat_pipeline.archive import ArchiveReader
     from tradebeat_pipeline.exchange.ccxt_client import CcxtExchange
 
 
@@ -56,6 +57,27 @@ class ExchangeResource(dg.ConfigurableResource):
             concurrency=self.concurrency,
             max_attempts=settings.retry_attempts,
             backoff_s=settings.retry_backoff_seconds,
+        )
+
+
+class ArchivesResource(dg.ConfigurableResource):
+    """Binance's public kline archives (BINANCE_ARCHIVE_URL; `off` or empty: none). Another host
+    than the API, with no request weight, so their downloads spend nothing of the shared budget."""
+
+    archive_url: str | None = None
+    max_parallel: int = 4
+
+    def open(self) -> "ArchiveReader":
+        """A reader over one HTTP session; call it inside the event loop that will use it."""
+        from tradebeat_pipeline.archive import ArchiveReader
+
+        settings = Settings.load()
+        return ArchiveReader(
+            self.archive_url or settings.archive_url,
+            max_parallel=self.max_parallel,
+            attempts=settings.retry_attempts,
+            backoff_s=settings.retry_backoff_seconds,
+            timeout_s=settings.timeout_seconds,
         )
 
 

@@ -18,6 +18,12 @@ class MalformedAnswer(ValueError):
     """The exchange answered something that is not a list of well-formed klines."""
 
 
+def market_id(symbol: str) -> str:
+    """Binance's id of a spot market (`BTC/USDT` -> `BTCUSDT`): what its klines endpoint and its
+    archive file names use. Binance spot ids are the base and quote codes joined."""
+    return symbol.replace("/", "")
+
+
 def parse_klines(answer: Any, *, where: str) -> tuple[pd.DataFrame, np.ndarray]:
     """Turn a raw `/api/v3/klines` answer into contract columns plus each row's close time.
 

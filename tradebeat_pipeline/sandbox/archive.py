@@ -16,6 +16,7 @@ import zipfile
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 from tradebeat_pipeline.sandbox.market_data import Kline, Series
 from tradebeat_pipeline.timewindows import MINUTE_MS, day_window, utc_day
@@ -40,7 +41,8 @@ MICROSECONDS_FROM_MS = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp() * 1000)
 _FILE = re.compile(
     r"(?P<market>[A-Z0-9]+)-1m-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.zip(?P<checksum>\.CHECKSUM)?"
 )
-_CACHED_FILES = 64
+# Files kept built: enough for the tests' months; a benchmark over a whole history keeps them all.
+CACHED_FILES = 64
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,10 @@ class ArchiveShelf:
 
     faults: list[ArchiveFault] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)  # requests per path's file name
+    max_files: int = CACHED_FILES
+    # Where intact files are kept once built, as a real archive's static files (None: memory only).
+    # A benchmark over years of history builds them once, not on every run.
+    shelf_dir: Path | None = None
     _cache: OrderedDict[tuple[str, str, date, str | None], tuple[bytes, str] | None] = field(
         default_factory=OrderedDict
     )
@@ -165,6 +171,11 @@ class ArchiveShelf:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
+        kept = None if variant is not None or self.shelf_dir is None else self.shelf_dir / request.zip_name
+        if kept is not None and kept.is_file():
+            return self._remember(
+                key, (kept.read_bytes(), kept.with_name(kept.name + ".CHECKSUM").read_text())
+            )
         start, end = request.window()
         rows = series.klines(start, end - 1, (end - start) // MINUTE_MS)
         built: tuple[bytes, str] | None = None
@@ -177,8 +188,17 @@ class ArchiveShelf:
             if variant == "checksum_mismatch":
                 digest = hashlib.sha256(body + b"tampered").hexdigest()
             built = body, f"{digest}  {request.zip_name}"
+            if kept is not None:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                kept.with_name(kept.name + ".CHECKSUM").write_text(built[1])
+                kept.write_bytes(body)  # last: a file present means its checksum is too
+        return self._remember(key, built)
+
+    def _remember(
+        self, key: tuple[str, str, date, str | None], built: tuple[bytes, str] | None
+    ) -> tuple[bytes, str] | None:
         with self._lock:
             self._cache[key] = built
-            while len(self._cache) > _CACHED_FILES:
+            while len(self._cache) > self.max_files:
                 self._cache.popitem(last=False)
         return built

@@ -1,7 +1,9 @@
 """Candle series served by the sandbox: real recorded candles, replayed or at their true times.
 
 Rows are kept as Binance serves them (12 fields, prices as decimal strings), so what the pipeline
-stores can be compared with the bundled archives to the last decimal. See `data/SOURCES.md`.
+stores can be compared with the bundled archives to the last decimal; only the live replay scales
+its prices, by a slow drift that makes each replay start where the last one ended. See
+`data/SOURCES.md`.
 """
 
 import bisect
@@ -79,10 +81,19 @@ class RecordedSeries:
 
 @dataclass
 class ReplayedSeries:
-    """Recorded whole days replayed over and over on the wall clock, day-aligned.
+    """Recorded whole days replayed over and over on the wall clock, day-aligned and seamless.
 
     Wall minute t shows the recorded minute at the same time of day, so an outage recorded at
-    12:40-13:59 is replayed at 12:40-13:59 too.
+    12:40-13:59 is replayed at 12:40-13:59 too, every time its day comes round. A recording ends at
+    another price than it starts at (SOL/USDT's three days: -4.7 %), so played as recorded every
+    replay would start with that jump. Instead prices are multiplied by a drift that runs
+    smoothly from 1 at the first open to first open / last close at the last close: each replay
+    ends exactly where the next one starts, and no minute moves by more than ~0.001 % beyond
+    what it moved on the exchange. The drift advances only over traded minutes, so a halt stays
+    flat; each candle's high and low take the larger and smaller of its open and close factors and
+    every price is rounded to the recording's own tick, so every candle stays valid. Volumes are
+    served as recorded. The scaled rows are computed once, so a minute is always answered the
+    same, whatever the request around it (the REST API and the archive files agree).
     """
 
     recorded: RecordedSeries
@@ -93,6 +104,7 @@ class ReplayedSeries:
         self.origin = first - first % DAY_MS
         last = self.recorded.times[-1]
         self.period = (last - self.origin) // DAY_MS * DAY_MS + DAY_MS
+        self.scaled = RecordedSeries(list(self.recorded.times), _seamless(self.recorded.rows))
 
     def first_open_time(self) -> int | None:
         return self.anchor_ms
@@ -108,12 +120,36 @@ class ReplayedSeries:
             shift = cycle_start - self.origin
             lo_rec = max(start_ms, cycle_start) - shift
             hi_rec = min(end_ms, cycle_start + self.period - 1) - shift
-            for row in self.recorded.klines(lo_rec, hi_rec, limit - len(out)):
+            for row in self.scaled.klines(lo_rec, hi_rec, limit - len(out)):
                 moved = int(str(row[0])) + shift
                 row[0], row[6] = moved, moved + MINUTE_MS - 1
                 out.append(row)
             cycle += 1
         return out
+
+
+def _seamless(rows: list[list[str]]) -> list[list[str]]:
+    """Recorded rows with the drift of `ReplayedSeries` applied: the last close becomes the first
+    open, the change spread over the traded minutes, each price on the recording's own tick."""
+    ohlc = np.array([r[1:5] for r in rows], dtype=np.float64)
+    volume = np.array([r[5] for r in rows], dtype=np.float64)
+    halted = (volume == 0) & (ohlc.min(axis=1) == ohlc.max(axis=1))
+    done = np.concatenate(([0], np.cumsum(~halted)))  # traded minutes before each open, and after the last
+    at = (ohlc[0, 0] / ohlc[-1, 3]) ** (done / max(int(done[-1]), 1))
+    at_open, at_close = at[:-1], at[1:]
+    factors = np.stack(
+        [at_open, np.maximum(at_open, at_close), np.minimum(at_open, at_close), at_close], axis=1
+    )
+    decimals = max(len(p.partition(".")[2]) for r in rows for p in r[1:5])
+    prices = (ohlc * factors).tolist()
+    middle = np.sqrt(at_open * at_close).tolist()  # quote volumes are prices times volumes
+    out: list[list[str]] = []
+    for row, scaled, m in zip(rows, prices, middle, strict=True):
+        new = [row[0], *(f"{p:.{decimals}f}" for p in scaled), *row[5:]]
+        if len(row) >= 11:
+            new[7], new[10] = f"{float(row[7]) * m:.8f}", f"{float(row[10]) * m:.8f}"
+        out.append(new)
+    return out
 
 
 @dataclass
@@ -275,7 +311,8 @@ def historical_markets(synthetic: int = 0) -> dict[str, Market]:
 
 
 def replay_markets(anchor_ms: int, synthetic: int = 0) -> dict[str, Market]:
-    """The recorded 2023-03-23..25 days replayed on the wall clock from `anchor_ms` on."""
+    """The recorded 2023-03-23..25 days replayed on the wall clock from `anchor_ms` on, over and
+    over, seamlessly (`ReplayedSeries`)."""
     series = [
         ReplayedSeries(RecordedSeries.from_files(_RECORDED_2023.format(s)), anchor_ms)
         for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")

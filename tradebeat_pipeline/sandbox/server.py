@@ -204,11 +204,23 @@ class Sandbox:
         app.router.add_get("/api/v3/klines", self.klines)
         app.router.add_get("/api/v3/ticker/24hr", self.ticker_24hr)
         app.router.add_get("/data/spot/{kind}/klines/{market}/1m/{file}", self.archive)
+        app.router.add_get("/sandbox/stats", self.stats)
         return app
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """What was asked of this exchange, for a benchmark in another process: REST requests and
+        the weight they were charged, per endpoint, and archive downloads (which weigh nothing)."""
+        with self._lock:
+            body = {
+                "requests": dict(self.requests),
+                "weight": sum(w for _, w in self.weight_log),
+                "archive_requests": sum(self.archives.requests.values()),
+            }
+        return web.json_response(body)
 
     @web.middleware
     async def _count_weight(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/data/"):  # the archives: another host on Binance, no weight
+        if request.path.startswith(("/data/", "/sandbox/")):  # archives (another host, no weight), stats
             archive: web.StreamResponse = await handler(request)
             return archive
         endpoint = request.path.removeprefix("/api/v3/")

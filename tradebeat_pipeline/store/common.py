@@ -158,7 +158,21 @@ def plan_holes(
     """Replace what is recorded inside the fetched window with what this fetch showed; `stored` are
     the open times stored in [listed_start(cov.start, listed), cov.end), oldest first."""
     start = listed_start(cov.start, listed)
-    new = classify(missing_runs(stored, start, cov.end), cov, touching, is_stored=is_stored, now_ms=now_ms)
+    runs = missing_runs(stored, start, cov.end)
+    return plan_hole_runs(cov, runs, touching, is_stored=is_stored, now_ms=now_ms)
+
+
+def plan_hole_runs(
+    cov: Coverage,
+    runs: Sequence[tuple[int, int]],
+    touching: Sequence[Hole],
+    *,
+    is_stored: Callable[[int], bool],
+    now_ms: int,
+) -> HolePlan:
+    """`plan_holes` for a store that found the window's missing runs [first, last] itself, as
+    `missing_runs` would (without handing every stored open time to Python)."""
+    new = classify(runs, cov, touching, is_stored=is_stored, now_ms=now_ms)
     return HolePlan(new, merge_adjacent([*outside(touching, cov.start, cov.end), *new]))
 
 

@@ -1,5 +1,7 @@
 """The embedded candle store: SQLite in WAL mode, one transaction per write (no Dagster inside)."""
 
+import functools
+import itertools
 import logging
 import sqlite3
 import time
@@ -10,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tradebeat_pipeline.candles import CANDLE_COLUMNS, PRICE_COLUMNS, empty_candles
-from tradebeat_pipeline.quality import GAP_KINDS, Coverage, GapReport, Hole, gap_report
+from tradebeat_pipeline.candles import CANDLE_COLUMNS, dtype, empty_candles
+from tradebeat_pipeline.quality import GAP_KINDS, Coverage, GapReport, Hole, gap_report_of_runs
 from tradebeat_pipeline.rollups import ROLLUP_COLUMNS, ROLLUP_TIMEFRAMES
 from tradebeat_pipeline.store import (
     CandleStore,
@@ -30,16 +32,19 @@ from tradebeat_pipeline.store.common import (
     gap_kind,
     listed_start,
     log_corrections,
-    plan_holes,
+    plan_hole_runs,
     time_range,
     touching_window,
 )
-from tradebeat_pipeline.timewindows import DAY_MS
+from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS
 
 log = logging.getLogger("tradebeat.store")
 
 SCHEMA_VERSION = 3
 SQLITE_HEADER = b"SQLite format 3\x00"
+# Pages of a new file: 16 KiB made full-history writes ~20 % and year reads ~30 % faster than
+# SQLite's 4 KiB (benchmarks/store_speed.py). Only an empty file takes it; older files keep theirs.
+PAGE_SIZE = 16384
 
 # Holes in the stored minutes and why they are there (see quality.py); `start` and `end` are the
 # open times of the first and last missing minute, both inclusive.
@@ -112,13 +117,28 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 _INSERT_COLUMNS = ("symbol_id", *CANDLE_COLUMNS, "ingested_at")
 # Only rows whose values differ are rewritten, so an unchanged row keeps its first `ingested_at`.
-_UPSERT_SQL = (
-    f"INSERT INTO price_data ({', '.join(_INSERT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)}) "
+_ON_CONFLICT = (
     "ON CONFLICT(symbol_id, timestamp) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in (*VALUE_COLUMNS, "ingested_at"))
     + " WHERE "
     + " OR ".join(f"price_data.{c} IS NOT excluded.{c}" for c in VALUE_COLUMNS)
+)
+_UPSERT_SQL = (
+    f"INSERT INTO price_data ({', '.join(_INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)}) " + _ON_CONFLICT
+)
+# Candles per upsert statement: Python's sqlite3 spends most of a row's cost on the statement
+# round trip, so one statement binds this many rows (benchmarks/store_speed.py measures it), fewer
+# if the library allows fewer variables.
+_ROWS_PER_STATEMENT = 1000
+# Integers a double carries exactly: below this, timestamps and trade counts bind as doubles.
+_EXACT_IN_DOUBLE = 2**53
+# What the upsert rewrote, told by SQLite itself, so no stored row is read back into Python to
+# diff it: this connection's trigger notes each corrected open time in a temporary table.
+_CORRECTIONS_SCHEMA = (
+    "CREATE TEMP TABLE IF NOT EXISTS corrected_candles (timestamp INTEGER NOT NULL)",
+    "CREATE TEMP TRIGGER IF NOT EXISTS note_corrected_candle AFTER UPDATE ON main.price_data "
+    "BEGIN INSERT INTO corrected_candles (timestamp) VALUES (new.timestamp); END",
 )
 _SELECT_RANGE_SQL = (
     f"SELECT {', '.join(CANDLE_COLUMNS)} FROM price_data "
@@ -126,11 +146,24 @@ _SELECT_RANGE_SQL = (
 )
 
 
-_SELECT_TIMES_SQL = (
-    "SELECT timestamp FROM price_data WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ? "
-    "ORDER BY timestamp"
-)
 _STORED_SQL = "SELECT 1 FROM price_data WHERE symbol_id = ? AND timestamp = ?"
+# A window's holes without reading its stored minutes: the aligned minutes are counted (a full
+# window has no hole), else the first stored minute and each stored minute followed by a gap.
+_ALIGNED_COUNT_SQL = (
+    "SELECT count(*) FROM price_data WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ? "
+    "AND timestamp % ? = 0"
+)
+_ANY_IN_RANGE_SQL = (
+    "SELECT 1 FROM price_data WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ? LIMIT 1"
+)
+_FIRST_IN_SQL = (
+    "SELECT min(timestamp) FROM price_data WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ?"
+)
+_GAPS_SQL = (
+    "SELECT timestamp, next FROM (SELECT timestamp, lead(timestamp, 1, ?) OVER (ORDER BY timestamp) AS next "
+    "FROM price_data WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ?) "
+    "WHERE next - timestamp > ? ORDER BY timestamp"
+)
 _HALTED_SQL = (
     "SELECT count(*) FROM price_data WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ? "
     "AND open = high AND high = low AND low = close AND volume = 0"
@@ -222,6 +255,7 @@ class SQLiteStore:
 
     def _create_or_migrate(self, conn: sqlite3.Connection) -> None:
         """Create the schema in a new file, or upgrade an older one step by step, atomically."""
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # a no-op unless the file is still empty
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -340,7 +374,12 @@ class SQLiteStore:
                 listed = conn.execute("SELECT first_candle_ms FROM symbols WHERE id = ?", (sid,)).fetchone()[
                     0
                 ]
-                holes = [h for cov in write.coverage for h in self._record_holes(conn, sid, cov, listed, now)]
+                minutes = _minutes_of(write.candles)
+                holes = [
+                    h
+                    for cov in write.coverage
+                    for h in self._record_holes(conn, sid, cov, listed, now, minutes)
+                ]
                 result = UpsertResult(
                     result.inserted, result.updated, result.unchanged, result.corrected, holes
                 )
@@ -349,17 +388,23 @@ class SQLiteStore:
         return results
 
     def _record_holes(
-        self, conn: sqlite3.Connection, sid: int, cov: Coverage, listed: int | None, now: int
+        self,
+        conn: sqlite3.Connection,
+        sid: int,
+        cov: Coverage,
+        listed: int | None,
+        now: int,
+        written: np.ndarray,
     ) -> list[Hole]:
-        """Replace what is recorded inside the fetched window with what this fetch showed."""
+        """Replace what is recorded inside the fetched window with what this fetch showed;
+        `written` are the minute open times just stored, sorted."""
         touching = self._holes(conn, sid, *touching_window(cov))
-        start = listed_start(cov.start, listed)
-        ts = np.array([r[0] for r in conn.execute(_SELECT_TIMES_SQL, (sid, start, cov.end))], dtype=np.int64)
+        runs = _missing_runs(conn, sid, listed_start(cov.start, listed), cov.end, written)
 
         def is_stored(ms: int) -> bool:
             return conn.execute(_STORED_SQL, (sid, ms)).fetchone() is not None
 
-        plan = plan_holes(cov, listed, touching, ts, is_stored=is_stored, now_ms=now)
+        plan = plan_hole_runs(cov, runs, touching, is_stored=is_stored, now_ms=now)
         conn.executemany(
             "DELETE FROM gaps WHERE symbol_id = ? AND start = ?", [(sid, h.start) for h in touching]
         )
@@ -388,9 +433,11 @@ class SQLiteStore:
         listed = self.conn.execute("SELECT first_candle_ms FROM symbols WHERE id = ?", (sid,)).fetchone()[0]
         start = listed_start(start_ms, listed)
         end = max(start, end_ms)
-        ts = np.array([r[0] for r in self.conn.execute(_SELECT_TIMES_SQL, (sid, start, end))], dtype=np.int64)
+        runs = _missing_runs(self.conn, sid, start, end, np.empty(0, dtype=np.int64))
         halted = self.conn.execute(_HALTED_SQL, (sid, start, end)).fetchone()[0]
-        return gap_report(symbol, start, end, ts, self._holes(self.conn, sid, start, end), halted=int(halted))
+        return gap_report_of_runs(
+            symbol, start, end, runs, self._holes(self.conn, sid, start, end), halted=int(halted)
+        )
 
     def first_candles(self, symbols: Sequence[str]) -> dict[str, int | None]:
         """Where each symbol's history begins on the exchange, when known."""
@@ -413,9 +460,25 @@ class SQLiteStore:
     ) -> UpsertResult:
         if candles.empty:
             return UpsertResult()
-        diff = diff_candles(candles, self._read(conn, sid, *time_range(candles)))
-        conn.executemany(_UPSERT_SQL, _rows(sid, diff.to_write, ingested_at))
-        return diff.result
+        values = _as_doubles(candles)
+        if values is None:
+            # Repeated open times (each counted against the stored rows) or integers beyond a
+            # double: diff in Python against the stored rows, as for any store.
+            diff = diff_candles(candles, self._read(conn, sid, *time_range(candles)))
+            conn.executemany(_UPSERT_SQL, _rows(sid, diff.to_write, ingested_at))
+            return diff.result
+        if conn.execute(_ANY_IN_RANGE_SQL, (sid, *time_range(candles))).fetchone() is None:
+            # Nothing stored in the batch's range: every candle is new, no conflict is possible.
+            _write_values(conn, sid, values, ingested_at, upsert=False)
+            return UpsertResult(inserted=len(values))
+        for statement in _CORRECTIONS_SCHEMA:
+            conn.execute(statement)
+        conn.execute("DELETE FROM corrected_candles")
+        written = _write_values(conn, sid, values, ingested_at, upsert=True)
+        rows = conn.execute("SELECT timestamp FROM corrected_candles ORDER BY rowid").fetchall()
+        corrected = [int(r[0]) for r in rows]
+        inserted = written - len(corrected)
+        return UpsertResult(inserted, len(corrected), len(candles) - written, corrected)
 
     def read_candles(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """Candles with open time in [start_ms, end_ms), oldest first."""
@@ -425,18 +488,7 @@ class SQLiteStore:
         rows = conn.execute(_SELECT_RANGE_SQL, (sid, start_ms, end_ms)).fetchall()
         if not rows:
             return empty_candles()
-        frame = pd.DataFrame.from_records(rows, columns=list(CANDLE_COLUMNS))
-        frame["timestamp"] = frame["timestamp"].astype("int64")
-        for c in (
-            *PRICE_COLUMNS,
-            "volume",
-            "quote_volume",
-            "taker_buy_volume",
-            "taker_buy_quote_volume",
-        ):
-            frame[c] = frame[c].astype("float64")
-        frame["trades"] = frame["trades"].astype("Int64")
-        return frame
+        return _candle_frame(rows)
 
     def newest_candles(self, symbols: Sequence[str], before_ms: int | None = None) -> dict[str, int | None]:
         """Open time of each symbol's newest stored candle (before `before_ms`; None when none)."""
@@ -518,6 +570,120 @@ def _columns(frame: pd.DataFrame) -> list[list[object]]:
         else:
             columns.append(series.tolist())
     return columns
+
+
+def _as_doubles(candles: pd.DataFrame) -> np.ndarray | None:
+    """The candles as one row-major float64 matrix in `CANDLE_COLUMNS` order, NaN where a value is
+    missing, so each statement binds plain doubles: SQLite stores a NaN as NULL, and its INTEGER
+    columns store an integral double as the integer. None when that would not be exact: repeated
+    open times, or an integer a double cannot carry."""
+    ts = candles["timestamp"].to_numpy(dtype=np.int64)
+    ordered = _sorted(ts)
+    if bool(np.any(ordered[1:] == ordered[:-1])):
+        return None
+    values = np.empty((len(candles), len(CANDLE_COLUMNS)), dtype=np.float64)
+    for i, c in enumerate(CANDLE_COLUMNS):
+        column = candles[c]
+        values[:, i] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        if column.dtype.kind != "f" and not _exact_integers(values[:, i]):
+            return None  # an integer past 2**53 was rounded: bind the originals instead
+    return values
+
+
+def _exact_integers(column: np.ndarray) -> bool:
+    """Every number of a double column converted from integers is below 2**53, so exact."""
+    magnitude = np.abs(column[~np.isnan(column)])
+    return not len(magnitude) or bool(magnitude.max() < _EXACT_IN_DOUBLE)
+
+
+def _write_values(
+    conn: sqlite3.Connection, sid: int, values: np.ndarray, ingested_at: int, *, upsert: bool
+) -> int:
+    """Insert (or upsert) the rows of `values` (see `_as_doubles`) as few statements; returns the
+    rows inserted or rewritten."""
+    variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per_statement = max(1, min(_ROWS_PER_STATEMENT, (variables - 2) // len(CANDLE_COLUMNS)))
+    written = 0
+    for first in range(0, len(values), per_statement):
+        block = values[first : first + per_statement]
+        params = [sid, ingested_at, *block.ravel().tolist()]
+        written += conn.execute(_values_insert_sql(len(block), upsert), params).rowcount
+    return written
+
+
+@functools.lru_cache(maxsize=8)
+def _values_insert_sql(rows: int, upsert: bool) -> str:
+    """The insert (or upsert) of `rows` candles in one statement: symbol id and ingestion time are
+    bound once (?1, ?2), then each candle's values in `CANDLE_COLUMNS` order."""
+    row = "(" + ", ".join("?" for _ in CANDLE_COLUMNS) + ")"
+    picked = ", ".join(f"column{i + 1}" for i in range(len(CANDLE_COLUMNS)))
+    sql = (
+        f"INSERT INTO price_data ({', '.join(_INSERT_COLUMNS)}) SELECT ?1, {picked}, ?2 "
+        f"FROM (VALUES {', '.join([row] * rows)})"
+    )
+    # `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the INSERT, not to a join.
+    return f"{sql} WHERE true {_ON_CONFLICT}" if upsert else sql
+
+
+def _minutes_of(candles: pd.DataFrame) -> np.ndarray:
+    """The distinct minute-aligned open times of a batch, sorted."""
+    ts = candles["timestamp"].to_numpy(dtype=np.int64)
+    ts = _sorted(ts[ts % MINUTE_MS == 0])
+    return ts[np.concatenate(([True], ts[1:] != ts[:-1]))] if len(ts) else ts
+
+
+def _sorted(ts: np.ndarray) -> np.ndarray:
+    """`ts` in ascending order; a batch usually arrives so (cheaper than np.unique's hashing)."""
+    return ts if bool(np.all(ts[1:] >= ts[:-1])) else np.sort(ts)
+
+
+def _missing_runs(
+    conn: sqlite3.Connection, sid: int, start: int, end: int, written: np.ndarray
+) -> list[tuple[int, int]]:
+    """`quality.missing_runs` of the stored open times in [start, end), without reading them:
+    none when the minutes just `written` (sorted, minute-aligned) or the stored ones fill the
+    window, else runs [first, last] from the edges of the gaps, asked of SQLite."""
+    if end <= start:
+        return []
+    if start % MINUTE_MS == 0 and end % MINUTE_MS == 0:
+        minutes = (end - start) // MINUTE_MS
+        if int(np.searchsorted(written, end) - np.searchsorted(written, start)) == minutes:
+            return []
+        (aligned,) = conn.execute(_ALIGNED_COUNT_SQL, (sid, start, end, MINUTE_MS)).fetchone()
+        if aligned == minutes:
+            return []
+    (first,) = conn.execute(_FIRST_IN_SQL, (sid, start, end)).fetchone()
+    if first is None:
+        return [(start, end - MINUTE_MS)]
+    runs = [(start, int(first) - MINUTE_MS)] if first > start else []
+    gaps = conn.execute(_GAPS_SQL, (end, sid, start, end, MINUTE_MS))
+    runs.extend((int(before) + MINUTE_MS, int(after) - MINUTE_MS) for before, after in gaps)
+    return runs
+
+
+def _candle_frame(rows: list[tuple[object, ...]]) -> pd.DataFrame:
+    """Fetched rows as the contract frame: one numpy conversion of every value to a double (NULL as
+    NaN), then integer columns back to integers, exactly (a double carries them below 2**53; a
+    larger one takes the slow exact path)."""
+    n, width = len(rows), len(CANDLE_COLUMNS)
+    try:
+        flat = itertools.chain.from_iterable(rows)
+        values = np.fromiter(flat, dtype=np.float64, count=n * width).reshape(n, width)
+    except TypeError:  # a NULL: numpy's conversion of whole rows reads None as NaN
+        values = np.array(rows, dtype=np.float64)
+    columns: dict[str, object] = {}
+    for i, c in enumerate(CANDLE_COLUMNS):
+        column = values[:, i]
+        if dtype(c) == "float64":
+            columns[c] = np.ascontiguousarray(column)
+            continue
+        missing = np.isnan(column)
+        if _exact_integers(column):
+            integers = np.where(missing, 0.0, column).astype(np.int64)
+        else:
+            integers = np.array([0 if r[i] is None else r[i] for r in rows], dtype=np.int64)
+        columns[c] = pd.arrays.IntegerArray(integers, missing) if dtype(c) == "Int64" else integers
+    return pd.DataFrame(columns, copy=False)
 
 
 def _rows(sid: int, candles: pd.DataFrame, ingested_at: int) -> Iterator[tuple[object, ...]]:

@@ -88,6 +88,7 @@ def test_the_outage_day_stores_exactly_what_the_exchange_returned(env: Path, san
 
 
 @pytest.mark.parametrize("fault", ["not_json", "missing_field", "non_numeric"])
+@pytest.mark.usefixtures("rest_only")
 def test_a_malformed_exchange_answer_fails_the_backfill_stores_none_of_it_and_records_the_hole(
     btc: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str], fault: str
 ) -> None:

@@ -69,6 +69,14 @@ def test_the_chart_is_one_offline_page_with_every_symbol_on_a_log_axis(
     assert "| BTC/USDT |" in str(metadata["preview"])
 
 
+def test_the_chart_page_has_a_title_and_its_size_reads_in_kib(
+    outage_day: Path, instance: dg.DagsterInstance
+) -> None:
+    page, metadata = chart(instance)
+    assert re.search(r"<title>tradebeat — up to 2023-03-\d\dT\d\d:\d\d:00Z</title>", page.read_text())
+    assert metadata["page_size"] == f"{page.stat().st_size / 1024:.0f} KiB"
+
+
 def test_the_chart_page_renders_in_headless_chromium(outage_day: Path, instance: dg.DagsterInstance) -> None:
     chromium = shutil.which("chromium")
     if chromium is None:

@@ -286,3 +286,25 @@ def test_the_chart_waits_for_a_first_symbol(
     assert isinstance(chart_schedule(context), dg.SkipReason)
     assert main(["symbols", "add", "BTC/USDT"]) == 0
     assert isinstance(chart_schedule(context), dg.RunRequest)
+
+
+AUTOMATIONS = {a.name: a for a in [*(defs.schedules or []), *(defs.sensors or [])]}
+
+
+@pytest.mark.parametrize(
+    ("name", "when"),
+    [
+        ("heartbeat", "Every minute"),
+        ("rollups_schedule", "Every 15 minutes, on the hour and at :15, :30 and :45 UTC"),
+        ("chart_schedule", "Every 15 minutes, at :05, :20, :35 and :50 UTC"),
+        ("retention_schedule", "Every day at 03:17 UTC"),
+        ("symbols_sensor", "Every 30 seconds"),
+    ],
+)
+def test_each_schedule_and_sensor_says_in_plain_words_when_it_runs(name: str, when: str) -> None:
+    """The UI shows a cron as "minutes 5 through 59 past the hour"; the description says it plainly."""
+    assert (AUTOMATIONS[name].description or "").startswith(when)
+
+
+def test_no_schedule_or_sensor_is_without_a_description() -> None:
+    assert [name for name, a in AUTOMATIONS.items() if not a.description] == []

@@ -106,6 +106,7 @@ def test_a_range_never_fetched_counts_as_unexplained_fetch_failed(
     assert [h["kind"] for h in report["holes"]] == ["fetch_failed"]
 
 
+@pytest.mark.usefixtures("rest_only")  # a fault of the REST API
 def test_requests_that_keep_failing_leave_fetch_failed_holes_that_repair_fills_once_the_exchange_recovers(
     btc: Path, sandbox: Sandbox, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -141,6 +142,7 @@ def test_requests_that_keep_failing_leave_fetch_failed_holes_that_repair_fills_o
     assert checks(instance)["gaps_explained"].passed
 
 
+@pytest.mark.usefixtures("rest_only")  # a fault of the REST API
 def test_an_empty_answer_is_pending_until_a_second_one_five_minutes_later_confirms_it(
     btc: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -172,6 +174,7 @@ def test_an_empty_answer_is_pending_until_a_second_one_five_minutes_later_confir
     assert (code, report["holes"], report["stored"]) == (0, [OUTAGE_HOLE], 1360)
 
 
+@pytest.mark.usefixtures("rest_only")  # a fault of the REST API
 def test_impossible_candles_fail_ohlc_valid_by_name_and_are_stored_as_received(
     btc: Path, sandbox: Sandbox, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
 ) -> None:

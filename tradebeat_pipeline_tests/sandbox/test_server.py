@@ -9,11 +9,7 @@ from typing import Any
 import ccxt.async_support as ccxt
 import pytest
 
-from tradebeat_pipeline.sandbox.market_data import (
-    RecordedSeries,
-    ReplayedSeries,
-    historical_markets,
-)
+from tradebeat_pipeline.sandbox.market_data import historical_markets
 from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
 from tradebeat_pipeline_tests.conftest import archive_rows, ms
 
@@ -62,18 +58,6 @@ def test_the_recorded_outage_has_no_candles_from_1240_to_1359() -> None:
     series = historical_markets()["BTCUSDT"].series
     rows = series.klines(ms("2023-03-24T12:39:00Z"), ms("2023-03-24T14:00:00Z"), 1000)
     assert [r[0] for r in rows] == [ms("2023-03-24T12:39:00Z"), ms("2023-03-24T14:00:00Z")]
-
-
-def test_live_replay_maps_recorded_days_onto_the_wall_clock_day_aligned() -> None:
-    recorded = RecordedSeries.from_files("BTCUSDT-1m-2023-03-23_25.csv.gz")
-    anchor = ms("2026-11-01T00:00:00Z")
-    replay = ReplayedSeries(recorded, anchor)
-    # The second replayed day is the recorded 2023-03-24: its outage shows at the same clock times.
-    rows = replay.klines(ms("2026-11-02T12:39:00Z"), ms("2026-11-02T14:00:00Z"), 1000)
-    assert [r[0] for r in rows] == [ms("2026-11-02T12:39:00Z"), ms("2026-11-02T14:00:00Z")]
-    (later,) = replay.klines(ms("2026-11-04T00:00:00Z"), ms("2026-11-04T00:00:00Z"), 1)
-    (first,) = recorded.klines(ms("2023-03-23T00:00:00Z"), ms("2023-03-23T00:00:00Z"), 1)
-    assert later[1:6] == first[1:6]  # after three days the replay starts over
 
 
 def test_request_weight_over_the_limit_is_answered_429_with_retry_after(

@@ -147,6 +147,25 @@ def test_a_batch_of_new_and_already_stored_candles_inserts_only_the_new(store: S
     assert [r[-1] for r in rows(store)] == [1000] * 5 + [2000] * 3
 
 
+def test_a_rewrite_of_thousands_of_candles_reports_each_new_and_corrected_one_in_order(store: Store) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 2500))], now_ms=1000)
+    rewrite = candles(DAY1, 2600)
+    rewrite.loc[[2499, 0, 1500], "close"] = 99.0
+    (result,) = store.upsert_candles([("BTC/USDT", rewrite)], now_ms=2000).values()
+    assert (result.inserted, result.updated, result.unchanged) == (100, 3, 2497)
+    assert result.corrected == [DAY1 + i * 60_000 for i in (0, 1500, 2499)]
+    assert sum(r[-1] == 2000 for r in rows(store)) == 103
+
+
+def test_a_trade_count_too_large_for_a_double_is_stored_and_read_back_exactly(store: Store) -> None:
+    batch = candles(DAY1, 2)
+    batch["trades"] = pd.array([2**60 + 1, 7], dtype="Int64")
+    store.upsert_candles([("BTC/USDT", batch)], now_ms=1)
+    (again,) = store.upsert_candles([("BTC/USDT", batch)], now_ms=2).values()
+    assert again.unchanged == 2
+    assert store.read_candles("BTC/USDT", DAY1, DAY1 + 2 * 60_000)["trades"].tolist() == [2**60 + 1, 7]
+
+
 def test_missing_volumes_are_stored_as_null(store: Store) -> None:
     store.upsert_candles([("BTC/USDT", candles(DAY1, 1))], now_ms=1)
     (row,) = rows(store)
@@ -277,6 +296,31 @@ def test_a_refetch_that_returns_the_minutes_removes_their_hole(store: Store) -> 
     assert [h.kind for h in store.holes("BTC/USDT", DAY1, DAY1 + 30 * 60_000)] == ["pending"]
     store.ingest([SymbolWrite("BTC/USDT", candles(DAY1, 30), [window])])
     assert store.holes("BTC/USDT", DAY1, DAY1 + 30 * 60_000) == []
+
+
+def test_a_window_filled_by_earlier_and_new_candles_together_has_no_hole_left(store: Store) -> None:
+    window = Coverage(DAY1, DAY1 + 20 * 60_000)
+    store.ingest([SymbolWrite("BTC/USDT", candles(DAY1, 10), [window])])
+    store.ingest([SymbolWrite("BTC/USDT", candles(DAY1 + 10 * 60_000, 10), [window])])
+    assert store.holes("BTC/USDT", DAY1, DAY1 + 20 * 60_000) == []
+
+
+def test_a_window_that_returned_nothing_is_one_hole(store: Store) -> None:
+    window = Coverage(DAY1, DAY1 + 10 * 60_000)
+    (result,) = store.ingest([SymbolWrite("BTC/USDT", candles(DAY1, 0), [window])], now_ms=5).values()
+    assert result.holes == [Hole(DAY1, DAY1 + 9 * 60_000, "pending", 5)]
+
+
+def test_holes_around_candles_stored_earlier_are_found_by_a_wider_window(store: Store) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1 + 15 * 60_000, 5))], now_ms=1)
+    window = Coverage(DAY1, DAY1 + 25 * 60_000)
+    write = SymbolWrite("BTC/USDT", candles(DAY1 + 5 * 60_000, 5), [window])
+    (result,) = store.ingest([write], now_ms=5).values()
+    assert [(h.start, h.end) for h in result.holes] == [
+        (DAY1, DAY1 + 4 * 60_000),
+        (DAY1 + 10 * 60_000, DAY1 + 14 * 60_000),
+        (DAY1 + 20 * 60_000, DAY1 + 24 * 60_000),
+    ]
 
 
 def test_a_failed_ingest_records_neither_candles_nor_holes(store: Store) -> None:

@@ -15,7 +15,7 @@ import pytest
 from tradebeat_pipeline.candles import CANDLE_COLUMNS
 from tradebeat_pipeline.errors import Failed
 from tradebeat_pipeline.store import CandleStore, StoreError, SymbolWrite, open_store
-from tradebeat_pipeline.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from tradebeat_pipeline.store.sqlite import PAGE_SIZE, SCHEMA_VERSION, SQLiteStore
 
 DAY1 = 1577836800000  # 2020-01-01T00:00Z
 
@@ -55,6 +55,19 @@ def test_a_new_database_gets_the_versioned_schema_in_wal_mode(store: SQLiteStore
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert {"symbols", "price_data", "candles"} <= names
+
+
+def test_a_new_database_gets_large_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as conn:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.executescript(V1_SCHEMA)
+    conn.close()
+    with SQLiteStore(tmp_path / "new.sqlite") as new, SQLiteStore(old) as upgraded:
+        new.list_symbols()
+        assert new.conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 16384
+        assert upgraded.conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        assert upgraded.count_candles("BTC/USDT") == 1
 
 
 def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path: Path) -> None:

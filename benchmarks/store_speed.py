@@ -1,0 +1,204 @@
+"""Candle store speed: a full-history write (empty range, identical rewrite, 1 % corrected) and a
+symbol-year read, through the `CandleStore` interface every caller uses.
+
+    uv run python benchmarks/store_speed.py [--years 8.4] [--postgres]
+
+The write is what a full-history backfill hands the store: ONE `ingest` call (one transaction) of
+one symbol's 1-minute candles from 2017-08-17 to the end of 2025 (~4.4 M), with one coverage window
+per month, plus the real 2023-03-24 halt as a hole. The read is `read_candles` of 2025 (525,600 rows)
+into the contract frame, best of three. `--postgres` runs the same against a throwaway PostgreSQL
+cluster started with Debian's binaries (as the tests do). Targets: write ≥ 400,000 candles/s into an
+empty range, ≥ 250,000/s for an identical rewrite; read ≥ 600,000 rows/s.
+"""
+
+import argparse
+import functools
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+
+from tradebeat_pipeline.candles import CANDLE_COLUMNS
+from tradebeat_pipeline.quality import Coverage
+from tradebeat_pipeline.store import CandleStore, SymbolWrite, open_store
+from tradebeat_pipeline.timewindows import MINUTE_MS, month_of, month_window, months_between
+
+SYMBOL = "SYN/USDT"
+FIRST = 1_502_928_000_000  # 2017-08-17T00:00Z, Binance's first BTC/USDT candle
+LAST_MONTH = date(2025, 12, 1)
+YEAR_2025 = (1_735_689_600_000, 1_767_225_600_000)
+HALT = (1_679_661_600_000, 1_679_666_340_000)  # 2023-03-24 12:40..13:59 UTC: no candles at all
+PG_LIB = Path("/usr/lib/postgresql")
+_T = TypeVar("_T")
+
+
+def synthetic(start: int, end: int, seed: int = 7) -> pd.DataFrame:
+    """Every minute of [start, end) but the halt: a random walk with every column the exchange sends."""
+    ts = np.arange(start, end, MINUTE_MS, dtype=np.int64)
+    ts = ts[(ts < HALT[0]) | (ts > HALT[1])]
+    n = len(ts)
+    rng = np.random.default_rng(seed)
+    close = 4_000.0 * np.exp(np.cumsum(rng.normal(0, 0.0008, n)))
+    open_ = np.concatenate(([4_000.0], close[:-1]))
+    spread = np.abs(rng.normal(0, 0.0005, n)) * close
+    volume = rng.gamma(2.0, 5.0, n).round(5)
+    taker = (volume * rng.uniform(0, 1, n)).round(5)
+    return pd.DataFrame(
+        {
+            "timestamp": ts,
+            "open": open_.round(2),
+            "high": (np.maximum(open_, close) + spread).round(2),
+            "low": (np.minimum(open_, close) - spread).round(2),
+            "close": close.round(2),
+            "volume": volume,
+            "quote_volume": (volume * close).round(8),
+            "trades": pd.array(rng.integers(1, 5_000, n), dtype="Int64"),
+            "taker_buy_volume": taker,
+            "taker_buy_quote_volume": (taker * close).round(8),
+        }
+    )[list(CANDLE_COLUMNS)]
+
+
+def history(first: int) -> tuple[pd.DataFrame, list[Coverage]]:
+    """The candles from `first` to the end of LAST_MONTH and one coverage window per month."""
+    windows = [month_window(m) for m in months_between(month_of(first), LAST_MONTH)]
+    start, end = max(first, windows[0][0]), windows[-1][1]
+    candles = synthetic(start, end)
+    ts = candles["timestamp"].to_numpy()
+    coverage = []
+    for a, b in windows:
+        inside = ts[(ts >= max(a, start)) & (ts < b)]
+        coverage.append(Coverage(max(a, start), b, spans=((int(inside[0]), int(inside[-1])),)))
+    return candles, coverage
+
+
+def corrected(candles: pd.DataFrame, share: float) -> pd.DataFrame:
+    """The same candles with `share` of them revised by the exchange (a new close)."""
+    revised = candles.copy()
+    rows = np.random.default_rng(11).choice(len(revised), int(len(revised) * share), replace=False)
+    revised.loc[rows, "close"] = revised.loc[rows, "close"] + 0.01
+    return revised
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall seconds (what the budget counts) and this process's CPU seconds (what the store itself
+    costs; steadier on a shared machine)."""
+
+    wall: float
+    cpu: float
+
+
+def timed(work: Callable[[], _T]) -> tuple[Timing, _T]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = work()
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu), result
+
+
+def rate(count: int, timing: Timing, unit: str) -> str:
+    return (
+        f"{timing.wall:6.2f} s {count / timing.wall:>10,.0f} {unit}/s   "
+        f"(cpu {timing.cpu:6.2f} s {count / timing.cpu:>10,.0f}/s)"
+    )
+
+
+def run(name: str, open_it: Callable[[], CandleStore], first: int) -> None:
+    candles, coverage = history(first)
+    n = len(candles)
+    print(f"{name}: {n:,} candles, {len(coverage)} monthly windows, one ingest each")
+    with open_it() as store:
+        store.register_symbol(SYMBOL)
+        cases = [
+            ("empty range", candles),
+            ("identical rewrite", candles),
+            ("1 % corrected", corrected(candles, 0.01)),
+        ]
+        for i, (case, frame) in enumerate(cases):
+            write = SymbolWrite(SYMBOL, frame, coverage, first_candle_ms=first)
+            timing, results = timed(functools.partial(store.ingest, [write], now_ms=1_000 + i))
+            r = results[SYMBOL]
+            print(
+                f"  write {case:<18} {rate(n, timing, 'candles')}  inserted {r.inserted:,}, "
+                f"updated {r.updated:,}, unchanged {r.unchanged:,}, holes {len(r.holes)}"
+            )
+        reads = [timed(functools.partial(store.read_candles, SYMBOL, *YEAR_2025)) for _ in range(3)]
+        best, frame = min(reads, key=lambda read: read[0].wall)
+        print(
+            f"  read  one symbol-year      {rate(len(frame), best, 'rows')}  best of 3, {len(frame):,} rows"
+        )
+
+
+def _pg_tool(name: str) -> str:
+    installed = sorted(PG_LIB.glob(f"*/bin/{name}"), key=lambda p: p.parts[-3])
+    found = shutil.which(name) or (str(installed[-1]) if installed else None)
+    if found is None:
+        raise SystemExit(f"PostgreSQL's {name} is not installed (Debian: apt-get install postgresql)")
+    return found
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[str]:
+    """A throwaway cluster on 127.0.0.1 (run as `postgres` when we are root), its URL, removed after."""
+    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
+    root = Path(tempfile.mkdtemp(prefix="tradebeat-pg-bench-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    data = root / "data"
+    options = f"-h 127.0.0.1 -p {port} -k {root}"
+    try:
+        subprocess.run(
+            [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "tradebeat", "--no-sync"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-o", options, "-w", "start"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql://tradebeat@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(
+                [*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], cwd=root, capture_output=True
+            )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--years", type=float, default=None, help="only the last YEARS of history")
+    parser.add_argument("--postgres", action="store_true", help="also measure a throwaway PostgreSQL")
+    args = parser.parse_args()
+    logging.getLogger("tradebeat.store").setLevel(logging.ERROR)  # the 1 % corrections' warning
+    first = FIRST
+    if args.years is not None:
+        first = max(FIRST, month_window(LAST_MONTH)[1] - int(args.years * 365 * 1440) * MINUTE_MS)
+    with tempfile.TemporaryDirectory() as tmp:
+        run("SQLite", lambda: open_store(Path(tmp) / "candles.sqlite"), first)
+    if args.postgres:
+        with postgres_cluster() as url:
+            run("PostgreSQL", lambda: open_store(Path("unused"), database_url=url), first)
+
+
+if __name__ == "__main__":
+    main()
