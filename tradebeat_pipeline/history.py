@@ -31,6 +31,7 @@ from tradebeat_pipeline.timewindows import (
     MINUTE_MS,
     day_window,
     day_windows,
+    merge_windows,
     month_key,
     month_window,
     utc_day,
@@ -47,7 +48,6 @@ class SymbolHistory:
     sources: dict[date, dict[str, int]]  # month -> source (archive-monthly, archive-daily, rest) -> candles
     checksums: dict[str, str] = field(default_factory=dict)  # archive file name -> verified sha256
     refused: tuple[str, ...] = ()  # "<file>: <reason>" for each archive file refused whole
-    not_published: int = 0  # archive files answered 404
 
 
 def rest_windows(archived: Sequence[MonthArchive]) -> list[tuple[int, int]]:
@@ -59,7 +59,7 @@ def rest_windows(archived: Sequence[MonthArchive]) -> list[tuple[int, int]]:
         closed_end = day_window(m.days[-1])[1] if m.days else start
         if closed_end < end:
             windows.append((closed_end, end))
-    return _merged(windows)
+    return merge_windows(windows)
 
 
 def archive_windows(month: MonthArchive) -> list[tuple[int, int]]:
@@ -72,7 +72,7 @@ def lacking(
 ) -> list[tuple[int, int]]:
     """[start, end) runs of minutes inside the covered `windows` a file lacks, from the symbol's
     first candle on (before it, there is nothing to lack)."""
-    ts = np.sort(candles["timestamp"].to_numpy(dtype=np.int64)) if len(candles) else np.empty(0, np.int64)
+    ts = candles["timestamp"].to_numpy(dtype=np.int64)  # a MonthArchive's candles are sorted
     runs: list[tuple[int, int]] = []
     for start, end in windows:
         if listed_ms is not None:
@@ -129,7 +129,6 @@ async def fetch_history(
         sources,
         {name: sha for m in archived for name, sha in m.checksums.items()},
         tuple(f"{r.file.name}: {r.reason}" for m in archived for r in m.refused),
-        sum(len(m.not_published) for m in archived),
     )
 
 
@@ -215,13 +214,3 @@ def _log_month(symbol: str, month: MonthArchive, sources: dict[str, int]) -> Non
         len(month.checksums),
         len(month.not_published),
     )
-
-
-def _merged(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(windows):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged

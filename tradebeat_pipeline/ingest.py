@@ -37,6 +37,7 @@ from tradebeat_pipeline.timewindows import (
     MINUTE_MS,
     iso_utc,
     last_closed_minute,
+    merge_windows,
     month_key,
     month_window,
     month_windows,
@@ -266,15 +267,7 @@ def expected_minutes(months: Iterable[date], now_ms: int | None = None) -> int:
 
 def fetched_windows(result: FetchResult, until_ms: int) -> list[tuple[int, int]]:
     """The windows a fetch covered (its main window and re-asks), merged, cut at `until_ms`."""
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted((c.start, min(c.end, until_ms)) for c in result.coverage):
-        if end <= start:
-            continue
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
+    return merge_windows((c.start, min(c.end, until_ms)) for c in result.coverage)
 
 
 def _outside(hole: Hole, windows: list[tuple[int, int]]) -> bool:

@@ -126,6 +126,20 @@ def parse_day_or_month(text: str, *, end: bool = False) -> tuple[date, bool]:
         raise ValueError(f"invalid date {text!r}: expected YYYY-MM or YYYY-MM-DD") from None
 
 
+def merge_windows(windows: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[start, end) windows as the fewest sorted ones covering the same instants (overlapping or
+    touching ones joined, empty ones dropped)."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(windows):
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 def span(windows: Iterable[tuple[int, int]]) -> tuple[int, int]:
     """The smallest window holding all of `windows`."""
     ordered = list(windows)
