@@ -319,11 +319,12 @@ def check_ohlc(candles: pd.DataFrame) -> OhlcReport:
     bad = reasons != ""
     violations = candles.loc[bad].assign(problem=reasons[bad])  # every column, as received
     halted_ts = ts[halted_mask(candles)] if len(candles) else ts
-    halted = _runs_of(np.sort(halted_ts))
+    halted = runs_of(np.sort(halted_ts))
     return OhlcReport(len(candles), violations.reset_index(drop=True), halted)
 
 
-def _runs_of(ts: np.ndarray) -> list[tuple[int, int]]:
+def runs_of(ts: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of consecutive minutes in sorted open times, as (first, last)."""
     if not len(ts):
         return []
     breaks = np.flatnonzero(np.diff(ts) != MINUTE_MS)

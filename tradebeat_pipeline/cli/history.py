@@ -49,7 +49,7 @@ def backfill(args: argparse.Namespace, settings: Settings) -> int:
     first, last = month_of(start), month_of(end)
     if start != first or end != min(next_month(last) - timedelta(days=1), utc_today()):
         print(f"{symbol}: {start}..{end} widened to the whole months {month_key(first)}..{month_key(last)}")
-    first_ms = asyncio.run(_first_candle(symbol))
+    first_ms = asyncio.run(first_candle_on_exchange(symbol))
     if first_ms is None:
         print(f"{symbol}: the exchange has no candles at all; nothing to backfill")
         return EXIT_OK
@@ -137,7 +137,8 @@ def _report(symbol: str, start: date, end: date, result: "dg.ExecuteInProcessRes
     return EXIT_OK
 
 
-async def _first_candle(symbol: str) -> int | None:
+async def first_candle_on_exchange(symbol: str) -> int | None:
+    """Where the symbol's history begins, asked of the exchange (ccxt is imported only here)."""
     from tradebeat_pipeline.defs.resources import ExchangeResource
 
     async with ExchangeResource().open() as exchange:

@@ -24,8 +24,10 @@ import pandas as pd
 
 from tradebeat_pipeline import progress
 from tradebeat_pipeline.candles import CANDLE_COLUMNS, clean_candles
+from tradebeat_pipeline.cli.history import first_candle_on_exchange
 from tradebeat_pipeline.errors import Refused
 from tradebeat_pipeline.exchange.binance import market_id
+from tradebeat_pipeline.quality import runs_of
 from tradebeat_pipeline.settings import Settings
 from tradebeat_pipeline.store import CandleStore, UpsertResult, open_store
 from tradebeat_pipeline.timewindows import (
@@ -128,7 +130,7 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
         store.candle_span(symbol)  # an unregistered symbol is refused here
         first_ms = store.first_candles([symbol])[symbol]
         if first_ms is None:
-            first_ms = asyncio.run(_exchange_first_candle(symbol))
+            first_ms = asyncio.run(first_candle_on_exchange(symbol))
         start = _within_history(symbol, start, end, first_ms, notes)
         with progress.shown():
             report = asyncio.run(_compare(settings, store, symbol, start, end))
@@ -157,14 +159,6 @@ def _within_history(symbol: str, start: date, end: date, first_ms: int | None, o
         )
         return listed
     return start
-
-
-async def _exchange_first_candle(symbol: str) -> int | None:
-    """Where the symbol's history begins, asked of the exchange when the store does not know yet."""
-    from tradebeat_pipeline.defs.resources import ExchangeResource
-
-    async with ExchangeResource().open() as exchange:
-        return await exchange.first_candle_ms(symbol)
 
 
 # -- comparing --------------------------------------------------------------------------------
@@ -384,16 +378,6 @@ def _repair(store: CandleStore, report: Verification, out: TextIO) -> None:
 # -- reporting --------------------------------------------------------------------------------
 
 
-def _runs(times: np.ndarray) -> list[tuple[int, int]]:
-    """Consecutive minutes as (first, last) open times."""
-    if not len(times):
-        return []
-    breaks = np.flatnonzero(np.diff(times) != MINUTE_MS)
-    starts = np.r_[0, breaks + 1]
-    ends = np.r_[breaks, len(times) - 1]
-    return [(int(times[a]), int(times[b])) for a, b in zip(starts, ends, strict=True)]
-
-
 def _day_runs(days: dict[date, str]) -> list[tuple[date, date, str]]:
     """Unverifiable days as runs of consecutive days with the same reason."""
     runs: list[tuple[date, date, str]] = []
@@ -425,8 +409,8 @@ def as_json(report: Verification) -> dict[str, Any]:
             }
             for d in report.differences
         ],
-        "missing_runs": [_run_json(a, b) for a, b in _runs(missing)[:SHOWN]],
-        "extra_runs": [_run_json(a, b) for a, b in _runs(extra)[:SHOWN]],
+        "missing_runs": [_run_json(a, b) for a, b in runs_of(missing)[:SHOWN]],
+        "extra_runs": [_run_json(a, b) for a, b in runs_of(extra)[:SHOWN]],
         "not_verifiable": [
             {"start": a.isoformat(), "end": b.isoformat(), "reason": r}
             for a, b, r in _day_runs(report.unverifiable)
@@ -471,7 +455,7 @@ def print_report(report: Verification, out: TextIO) -> None:
         ("missing (in the archives, not stored)", missing),
         ("extra (stored, not in the archives; kept)", extra),
     ):
-        runs = _runs(times)
+        runs = runs_of(times)
         if runs:
             print(f"{title}{_first(len(runs), 'runs')}:", file=out)
             for a, b in runs[:SHOWN]:
