@@ -13,7 +13,7 @@ apart; the result says per month how many candles each source gave, and which fi
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -45,6 +45,7 @@ class SymbolHistory:
     """One symbol's months as fetched: the candles and coverage to store, and where they came from."""
 
     result: FetchResult
+    rest: FetchResult  # what no month's part carried (see `fetch_history`)
     sources: dict[date, dict[str, int]]  # month -> source (archive-monthly, archive-daily, rest) -> candles
     checksums: dict[str, str] = field(default_factory=dict)  # archive file name -> verified sha256
     refused: tuple[str, ...] = ()  # "<file>: <reason>" for each archive file refused whole
@@ -89,46 +90,62 @@ async def fetch_history(
     *,
     listed_ms: int | None,
     now_ms: int,
+    on_month: Callable[[FetchResult], None] | None = None,
 ) -> SymbolHistory:
-    """`symbol`'s whole `months`, closed by the exchange's clock `now_ms`: archives, then REST."""
+    """`symbol`'s whole `months`, closed by the exchange's clock `now_ms`: archives, then REST.
+
+    Each month's archive files and the REST answers for the minutes they lack make one part, handed
+    to `on_month` as soon as it is complete (so its write can begin while later files download);
+    the result's `rest` holds what no part carried: the REST windows the files left."""
     market = market_id(symbol)
-    archived: list[MonthArchive] = await gather_or_cancel(
-        _read_month(reader, market, m, now_ms) for m in months
-    )
-    asks = [(a, b) for m in archived for a, b in lacking(m.candles, archive_windows(m), listed_ms)]
+
+    async def one_month(month: date) -> tuple[MonthArchive, FetchResult]:
+        archive = await _read_month(reader, market, month, now_ms)
+        asks = lacking(archive.candles, archive_windows(archive), listed_ms)
+        answers = await gather_or_cancel(exchange.fetch_candles(symbol, a, b, now_ms) for a, b in asks)
+        part = _month_part(archive, list(zip(asks, answers, strict=True)), now_ms)
+        if on_month is not None:
+            on_month(part)
+        return archive, part
+
+    done = await gather_or_cancel(one_month(m) for m in months)
+    archived = [a for a, _ in done]
     windows = rest_windows(archived)
-    fetched = await gather_or_cancel(
-        exchange.fetch_candles(symbol, a, b, now_ms) for a, b in [*windows, *asks]
+    rest = merge_results(
+        await gather_or_cancel(exchange.fetch_candles(symbol, a, b, now_ms) for a, b in windows)
     )
-    rest, answers = fetched[: len(windows)], fetched[len(windows) :]
-    asked = list(zip(asks, answers, strict=True))
-    # One result per archived month (concatenated once, below), the REST answers after them; the
-    # answers to the asks are folded into their month's coverage, their candles kept.
-    parts = [
-        FetchResult(
-            m.candles,
-            0,
-            now_ms,
-            max((b for _, b in archive_windows(m)), default=0),
-            tuple(_archive_coverage(m, asked)),
-        )
-        for m in archived
-    ]
-    result = merge_results(
-        [
-            *parts,
-            *rest,
-            *(FetchResult(r.candles, r.requests, r.server_time_ms, r.closed_until_ms) for r in answers),
-        ]
-    )
+    result = merge_results([*(part for _, part in done), rest])
     sources = _sources(archived, result.candles)
     for m in archived:
         _log_month(symbol, m, sources[m.month])
     return SymbolHistory(
         result,
+        rest,
         sources,
         {name: sha for m in archived for name, sha in m.checksums.items()},
         tuple(f"{r.file.name}: {r.reason}" for m in archived for r in m.refused),
+    )
+
+
+def _month_part(
+    month: MonthArchive, asked: list[tuple[tuple[int, int], FetchResult]], now_ms: int
+) -> FetchResult:
+    """One month's archive candles and the REST answers for the minutes they lacked, as one result:
+    the answers are folded into the month's coverage, their candles kept."""
+    archived = FetchResult(
+        month.candles,
+        0,
+        now_ms,
+        max((b for _, b in archive_windows(month)), default=0),
+        tuple(_archive_coverage(month, asked)),
+    )
+    if not asked:
+        return archived
+    return merge_results(
+        [
+            archived,
+            *(FetchResult(r.candles, r.requests, r.server_time_ms, r.closed_until_ms) for _, r in asked),
+        ]
     )
 
 

@@ -9,12 +9,16 @@ about unexplained holes in their months and learn where a symbol's history begin
 when the store does not know yet.
 """
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+import queue
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +31,7 @@ from tradebeat_pipeline.quality import (
     FETCH_FAILED,
     PENDING,
     UNEXPLAINED,
+    Coverage,
     GapKind,
     GapReport,
     Hole,
@@ -159,6 +164,9 @@ class Batch:
     sources: dict[str, dict[date, dict[str, int]]] = field(default_factory=dict)
     checksums: dict[str, str] = field(default_factory=dict)
     refused_files: list[str] = field(default_factory=list)
+    # When the archived months were written as they arrived (`StreamedBackfill`): per symbol what
+    # those writes did not carry, the only part `writes` still hands the store.
+    remaining: dict[str, FetchResult] | None = None
 
     @cached_property
     def candles(self) -> pd.DataFrame:
@@ -187,21 +195,100 @@ class Batch:
     def writes(self) -> list[SymbolWrite]:
         """The batch as the store's writes; a row or fetch outside the run's own partitions is a bug
         and stops the write before anything is stored."""
-        writes = []
-        for symbol, result in self.results.items():
-            refuse_coverage_outside(symbol, result, self.requested)
-            refuse_candles_outside(symbol, result.candles, self.requested)
-            # Each symbol's own frame, as fetched: a history of millions of rows is not copied again.
-            writes.append(
-                SymbolWrite(symbol, result.candles, result.coverage, self.first_candles.get(symbol))
+        results = self.results if self.remaining is None else self.remaining
+        # Each symbol's own frame, as fetched: a history of millions of rows is not copied again.
+        return [
+            checked_write(
+                SymbolWrite(symbol, result.candles, result.coverage, self.first_candles.get(symbol)),
+                self.requested,
             )
-        return writes
+            for symbol, result in results.items()
+        ]
 
 
-def write(store: CandleStore, batch: Batch, *, now_ms: int) -> WriteReport:
+def checked_write(write: SymbolWrite, requested: dict[str, list[date]]) -> SymbolWrite:
+    """`write`, once its candles and fetched windows are known to lie inside the run's partitions."""
+    refuse_coverage_outside(write.symbol, write.coverage, requested)
+    refuse_candles_outside(write.symbol, write.candles, requested)
+    return write
+
+
+# A backfill's fetch, handed the callback that takes each archived month as it arrives.
+BackfillFetch = Callable[[Callable[[SymbolWrite], None]], Coroutine[Any, Any, Batch]]
+
+
+class StreamedBackfill:
+    """A backfill whose archived months are written while later files still download.
+
+    The fetch (`fetch_backfill` with `on_month`) runs on a thread and event loop of its own; `writes`,
+    consumed inside the store's one transaction, yields each month as it arrives, then what is left.
+    So the download and the write overlap, and still all of it lands or none of it does: a failed
+    fetch raises inside the transaction. `batch` is the whole fetch once `writes` is exhausted.
+    """
+
+    def __init__(
+        self,
+        requested: dict[str, list[date]],
+        fetch: BackfillFetch,
+    ) -> None:
+        self.requested = requested
+        self._arrived: queue.SimpleQueue[SymbolWrite | Batch | BaseException] = queue.SimpleQueue()
+        self._batch: Batch | None = None
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Batch] | None = None
+        self._thread = threading.Thread(target=self._run, args=(fetch,), name="backfill-fetch", daemon=True)
+        self._thread.start()
+
+    @property
+    def batch(self) -> Batch:
+        if self._batch is None:
+            raise RuntimeError("the backfill's writes were not consumed yet")
+        return self._batch
+
+    def writes(self) -> Iterator[SymbolWrite]:
+        try:
+            while True:
+                item = self._arrived.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, Batch):
+                    self._batch = item
+                    yield from item.writes()
+                    return
+                yield checked_write(item, self.requested)
+        finally:
+            if self._batch is None:
+                self.cancel()
+
+    def cancel(self) -> None:
+        """Stop the fetch (the write failed or was abandoned) and wait for its thread."""
+        self._stop.set()
+        if self._loop is not None and self._task is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has already closed: nothing to stop
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join()
+
+    def _run(self, fetch: BackfillFetch) -> None:
+        try:
+            self._arrived.put(asyncio.run(self._fetch(fetch)))
+        except BaseException as exc:  # handed to the writing thread, which raises it
+            self._arrived.put(exc)
+
+    async def _fetch(self, fetch: BackfillFetch) -> Batch:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        if self._stop.is_set():
+            raise asyncio.CancelledError
+        return await fetch(self._arrived.put)
+
+
+def write(store: CandleStore, batch: Batch | StreamedBackfill, *, now_ms: int) -> WriteReport:
     """Store a batch in one transaction (its rows ingested at `now_ms`), then account for the closed
     minutes of its windows once: the report the checks and the metadata share."""
     upserts = store.ingest(batch.writes(), now_ms=now_ms)
+    if isinstance(batch, StreamedBackfill):
+        batch = batch.batch
     committed_ms = current_ms()
     windows = batch.windows()
     gaps = {s: [store.gap_report(s, a, b) for a, b in w] for s, w in windows.items()}
@@ -245,13 +332,15 @@ def refuse_candles_outside(symbol: str, candles: pd.DataFrame, requested: dict[s
         )
 
 
-def refuse_coverage_outside(symbol: str, result: FetchResult, requested: dict[str, list[date]]) -> None:
+def refuse_coverage_outside(
+    symbol: str, coverage: Iterable[Coverage], requested: dict[str, list[date]]
+) -> None:
     """A fetched window reaching outside the run's partitions would rewrite holes it does not own."""
     days = requested.get(symbol)
     if days is None:
         raise ValueError(f"{symbol}: fetched, but not among this run's partitions; nothing was written")
     windows = month_windows(days)
-    for cov in result.coverage:
+    for cov in coverage:
         if not any(lo <= cov.start and cov.end <= hi for lo, hi in windows):
             raise ValueError(
                 f"{symbol}: a fetch of {iso_utc(cov.start)}..{iso_utc(cov.end)} lies outside this "
@@ -278,15 +367,24 @@ def _outside(hole: Hole, windows: list[tuple[int, int]]) -> bool:
 # -- fetching ---------------------------------------------------------------------------------
 
 
-async def fetch_backfill(exchange: Exchange, plan: RunPlan, archives: "ArchiveReader | None" = None) -> Batch:
+async def fetch_backfill(
+    exchange: Exchange,
+    plan: RunPlan,
+    archives: "ArchiveReader | None" = None,
+    on_month: Callable[[SymbolWrite], None] | None = None,
+) -> Batch:
     """A backfill: every symbol's whole months (up to now), then its re-asks. With `archives`
     (their base set), closed history comes from Binance's archive files and REST serves only what
-    they lack; without, everything comes from REST."""
+    they lack; without, everything comes from REST.
+
+    With `on_month`, each archived month is handed over as a complete write (its candles and
+    coverage) as soon as it is fetched, and the batch's `remaining` holds only what those did not."""
     progress.begin("candles fetched", total=sum(expected_minutes(days) for days in plan.requested.values()))
     first_candles = await first_candles_of(exchange, plan.unknown_start)
     sources: dict[str, dict[date, dict[str, int]]] = {}
     checksums: dict[str, str] = {}
     refused: list[str] = []
+    remaining: dict[str, FetchResult] | None = None
     if archives is None or archives.base is None:
         fetched = await fetch_months(exchange, plan.requested)
         sources = {s: rest_sources(r, plan.requested[s]) for s, r in fetched.items()}
@@ -303,15 +401,19 @@ async def fetch_backfill(exchange: Exchange, plan: RunPlan, archives: "ArchiveRe
                 plan.requested[s],
                 listed_ms=plan.listed.get(s) or first_candles.get(s),
                 now_ms=now,
+                on_month=None if on_month is None else _handing_over(on_month, s, first_candles.get(s)),
             )
             for s in symbols
         )
         fetched = {s: h.result for s, h in zip(symbols, histories, strict=True)}
+        if on_month is not None:
+            remaining = {s: h.rest for s, h in zip(symbols, histories, strict=True)}
         for s, h in zip(symbols, histories, strict=True):
             sources[s] = h.sources
             checksums.update(h.checksums)
             refused += [f"{s}: {r}" for r in h.refused]
-    results = _merge_probes(fetched, await probe_all(exchange, plan.probes))
+    probed = await probe_all(exchange, plan.probes)
+    results = _merge_probes(fetched, probed)
     for symbol, result in results.items():
         months = plan.requested[symbol]
         backfill_log.info(
@@ -332,7 +434,17 @@ async def fetch_backfill(exchange: Exchange, plan: RunPlan, archives: "ArchiveRe
         sources=sources,
         checksums=checksums,
         refused_files=refused,
+        remaining=None if remaining is None else _merge_probes(remaining, probed),
     )
+
+
+def _handing_over(
+    on_month: Callable[[SymbolWrite], None], symbol: str, first_candle_ms: int | None
+) -> Callable[[FetchResult], None]:
+    def hand_over(part: FetchResult) -> None:
+        on_month(SymbolWrite(symbol, part.candles, part.coverage, first_candle_ms))
+
+    return hand_over
 
 
 def rest_sources(result: FetchResult, months: list[date]) -> dict[date, dict[str, int]]:

@@ -3,6 +3,9 @@ HTTP from the sandbox, written in one transaction with its report; and the guard
 inside its own partitions."""
 
 import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -12,7 +15,9 @@ import pytest
 from tradebeat_pipeline.exchange.ccxt_client import CcxtExchange
 from tradebeat_pipeline.ingest import (
     Batch,
+    IngestError,
     NotRegistered,
+    StreamedBackfill,
     expected_minutes,
     fetch_backfill,
     plan_run,
@@ -20,7 +25,8 @@ from tradebeat_pipeline.ingest import (
     write,
 )
 from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
-from tradebeat_pipeline.store import CandleStore, open_store
+from tradebeat_pipeline.store import CandleStore, SymbolWrite, open_store
+from tradebeat_pipeline.timewindows import month_window
 from tradebeat_pipeline_tests.conftest import ms
 
 OUTAGE_MONTH = {"BTC/USDT": [date(2023, 3, 1)]}  # holds the real halt of 2023-03-24
@@ -98,3 +104,73 @@ def test_rows_outside_the_runs_partitions_are_refused_before_anything_is_written
 def test_expected_minutes_counts_only_closed_minutes_of_the_current_month() -> None:
     now = ms("2020-02-02T00:10:30Z")
     assert expected_minutes([date(2020, 1, 1), date(2020, 2, 1)], now_ms=now) == MONTH + 1440 + 10
+
+
+def _halves(batch: Batch) -> tuple[SymbolWrite, Batch]:
+    """A month's candles as a streamed first half and a batch whose `remaining` is the rest."""
+    result = batch.results["BTC/USDT"]
+    half = len(result.candles) // 2
+    first = SymbolWrite("BTC/USDT", result.candles.iloc[:half])
+    rest = replace(result, candles=result.candles.iloc[half:])
+    return first, replace(batch, remaining={"BTC/USDT": rest})
+
+
+def test_a_streamed_backfill_hands_over_a_month_while_its_fetch_is_still_running(
+    store: CandleStore, sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    first, whole = _halves(backfill(sandbox_server, store, OUTAGE_MONTH))
+    gate = threading.Event()
+
+    async def fetch(on_month: Callable[[SymbolWrite], None]) -> Batch:
+        on_month(first)
+        await asyncio.to_thread(gate.wait)  # done only once the writer has the first month
+        return whole
+
+    streamed = StreamedBackfill(whole.requested, fetch)
+    writes = streamed.writes()
+    assert next(writes) is first
+    gate.set()
+    (rest,) = list(writes)
+    assert len(first.candles) + len(rest.candles) == MONTH - 80
+    assert streamed.batch is whole
+
+
+def test_a_streamed_backfill_whose_fetch_fails_after_a_month_changes_nothing_stored(
+    store: CandleStore, sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    batch = backfill(sandbox_server, store, OUTAGE_MONTH)
+    write(store, batch, now_ms=1)
+    month = month_window(date(2023, 3, 1))
+    stored, holes = store.read_candles("BTC/USDT", *month), store.holes("BTC/USDT", *month)
+    first, _ = _halves(batch)
+    changed = SymbolWrite("BTC/USDT", first.candles.assign(close=first.candles["close"] * 2))
+
+    async def fetch(on_month: Callable[[SymbolWrite], None]) -> Batch:
+        on_month(changed)
+        raise IngestError("BTC/USDT: the exchange answered nonsense")
+
+    with pytest.raises(IngestError, match="nonsense"):
+        write(store, StreamedBackfill(batch.requested, fetch), now_ms=2)
+    pd.testing.assert_frame_equal(store.read_candles("BTC/USDT", *month), stored)
+    assert store.holes("BTC/USDT", *month) == holes
+
+
+def test_an_abandoned_streamed_backfill_cancels_its_fetch(
+    store: CandleStore, sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    first, whole = _halves(backfill(sandbox_server, store, OUTAGE_MONTH))
+    cancelled = threading.Event()
+
+    async def fetch(on_month: Callable[[SymbolWrite], None]) -> Batch:
+        on_month(first)
+        try:
+            await asyncio.Event().wait()  # never set: only a cancel ends it
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return whole
+
+    writes = StreamedBackfill(whole.requested, fetch).writes()
+    next(writes)
+    writes.close()  # as when the store fails mid-write
+    assert cancelled.is_set()

@@ -30,8 +30,17 @@ from tradebeat_pipeline.defs.resources import (
     run_settings,
 )
 from tradebeat_pipeline.exchange import Exchange
-from tradebeat_pipeline.ingest import Batch, IngestError, RunPlan, fetch_backfill, fetch_beat, plan_run
+from tradebeat_pipeline.ingest import (
+    Batch,
+    IngestError,
+    RunPlan,
+    StreamedBackfill,
+    fetch_backfill,
+    fetch_beat,
+    plan_run,
+)
 from tradebeat_pipeline.rollups import ROLLUP_COLUMNS, ROLLUP_TIMEFRAMES, rollup, windows_to_recompute
+from tradebeat_pipeline.store import SymbolWrite
 from tradebeat_pipeline.timewindows import (
     DAY_MS,
     MINUTE_MS,
@@ -69,7 +78,7 @@ def ohlcv_1m(
     exchange: ExchangeResource,
     archives: ArchivesResource,
     store: StoreResource,
-) -> Iterator[dg.Output[Batch] | dg.AssetCheckResult]:
+) -> Iterator[dg.Output[Batch] | dg.Output[StreamedBackfill] | dg.AssetCheckResult]:
     """Closed 1-minute OHLCV candles; one partition is one UTC month of one symbol.
 
     A backfill fetches its whole months (up to now for the current one), all symbols at once (years
@@ -96,10 +105,17 @@ def ohlcv_1m(
                 )
             )
         else:
-            batch = asyncio.run(_backfill(exchange, archives, plan))
+            # Fetched on a thread of its own while the IO manager writes the months already here.
+            streamed = StreamedBackfill(
+                plan.requested, lambda on_month: _backfill(exchange, archives, plan, on_month)
+            )
     except IngestError as exc:
         raise dg.Failure(str(exc)) from exc
-    yield dg.Output(batch)  # the IO manager writes it in one transaction and keeps the report on it
+    if plan.is_beat:
+        yield dg.Output(batch)  # the IO manager writes it in one transaction and keeps the report on it
+    else:
+        yield dg.Output(streamed)
+        batch = streamed.batch
     with store.open() as candles:
         yield from evaluate(candles, batch, freshness_minutes=settings.freshness_minutes)
 
@@ -111,9 +127,14 @@ async def _fetch(
         return await fetch(client)
 
 
-async def _backfill(exchange: ExchangeResource, archives: ArchivesResource, plan: RunPlan) -> Batch:
+async def _backfill(
+    exchange: ExchangeResource,
+    archives: ArchivesResource,
+    plan: RunPlan,
+    on_month: Callable[[SymbolWrite], None],
+) -> Batch:
     async with exchange.open(Lane.BULK) as client, archives.open() as reader:
-        return await fetch_backfill(client, plan, reader)
+        return await fetch_backfill(client, plan, reader, on_month)
 
 
 def _rollup_asset(timeframe: str) -> dg.AssetsDefinition:

@@ -15,7 +15,7 @@ from tradebeat_pipeline.candles import SYMBOL_COLUMN, with_symbols
 from tradebeat_pipeline.defs.metadata import RunMetadata
 from tradebeat_pipeline.defs.partitions import months_by_symbol
 from tradebeat_pipeline.defs.resources import StoreResource
-from tradebeat_pipeline.ingest import Batch, write
+from tradebeat_pipeline.ingest import Batch, IngestError, StreamedBackfill, write
 from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc, month_windows, now_ms
 
 beat_log = logging.getLogger("tradebeat.heartbeat")
@@ -28,20 +28,31 @@ class CandleIOManager(dg.ConfigurableIOManager):
 
     store: dg.ResourceDependency[StoreResource]
 
-    def handle_output(self, context: dg.OutputContext, obj: Batch) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: Batch | StreamedBackfill) -> None:
         # asset_partition_key_range would enumerate every day since 2017 and cannot describe a run
         # over several symbols; the key collection is exact and cheap.
         requested = months_by_symbol(context.asset_partition_keys)
         if set(obj.requested) - set(requested):
+            if isinstance(obj, StreamedBackfill):
+                obj.cancel()
             raise ValueError(f"a batch for symbols outside this run's partitions: {sorted(obj.requested)}")
-        (beat_log if obj.beat_minute is not None else backfill_log).info(
-            "storing %d candles of %d symbols in one transaction", len(obj.candles), len(obj.results)
-        )
-        with self.store.open() as store:
-            report = write(store, obj, now_ms=now_ms())
-        context.add_output_metadata(RunMetadata.of(obj, report, partitions=len(requested)).as_dict())
-        if obj.beat_minute is not None:
-            _log_beat(obj)
+        if isinstance(obj, StreamedBackfill):
+            backfill_log.info(
+                "storing %d symbols' months in one transaction as their files arrive", len(obj.requested)
+            )
+        else:
+            (beat_log if obj.beat_minute is not None else backfill_log).info(
+                "storing %d candles of %d symbols in one transaction", len(obj.candles), len(obj.results)
+            )
+        try:
+            with self.store.open() as store:
+                report = write(store, obj, now_ms=now_ms())
+        except IngestError as exc:  # a streamed backfill's fetch fails inside the write
+            raise dg.Failure(str(exc)) from exc
+        batch = obj.batch if isinstance(obj, StreamedBackfill) else obj
+        context.add_output_metadata(RunMetadata.of(batch, report, partitions=len(requested)).as_dict())
+        if batch.beat_minute is not None:
+            _log_beat(batch)
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         requested = months_by_symbol(context.asset_partition_keys)

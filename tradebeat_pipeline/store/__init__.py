@@ -7,7 +7,7 @@ name (DATABASE_URL set: PostgreSQL). Every line of SQL of the project
 lives in this package.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Self
@@ -100,8 +100,9 @@ class CandleStore(Protocol):
     ) -> dict[str, UpsertResult]:
         """Write (symbol, candles) batches in one transaction, without recording holes."""
 
-    def ingest(self, writes: Sequence[SymbolWrite], *, now_ms: int | None = None) -> dict[str, UpsertResult]:
-        """Write candles and the holes their fetches revealed in one transaction: all or nothing."""
+    def ingest(self, writes: Iterable[SymbolWrite], *, now_ms: int | None = None) -> dict[str, UpsertResult]:
+        """Write candles and the holes their fetches revealed in one transaction: all or nothing.
+        `writes` may be a stream still arriving (a backfill's months); each is written in turn."""
 
     def read_candles(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """Stored candles with open time in [start_ms, end_ms), oldest first."""

@@ -10,7 +10,7 @@ writers of one symbol take turns instead of deadlocking, and the new/corrected c
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -478,11 +478,12 @@ class PostgresStore:
         """Write every batch in ONE transaction: all of it lands, or none of it does."""
         return self.ingest([SymbolWrite(symbol, candles) for symbol, candles in batches], now_ms=now_ms)
 
-    def ingest(self, writes: Sequence[SymbolWrite], *, now_ms: int | None = None) -> dict[str, UpsertResult]:
+    def ingest(self, writes: Iterable[SymbolWrite], *, now_ms: int | None = None) -> dict[str, UpsertResult]:
         """Candles and the holes their fetches revealed, in ONE transaction: a hole is recorded
         against exactly the candles stored with it, and a crash leaves neither."""
         now = now_ms if now_ms is not None else int(time.time() * 1000)
         results: dict[str, UpsertResult] = {}
+        writes = list(writes)  # every symbol is locked first, in one order: the stream is awaited whole
         with self._transaction() as conn:
             symbols = self._lock_symbols(conn, [w.symbol for w in writes])
             for write in writes:

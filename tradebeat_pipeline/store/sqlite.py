@@ -5,7 +5,7 @@ import itertools
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -357,13 +357,17 @@ class SQLiteStore:
         """Write every batch in ONE transaction: all of it lands, or none of it does."""
         return self.ingest([SymbolWrite(symbol, candles) for symbol, candles in batches], now_ms=now_ms)
 
-    def ingest(self, writes: Sequence[SymbolWrite], *, now_ms: int | None = None) -> dict[str, UpsertResult]:
+    def ingest(self, writes: Iterable[SymbolWrite], *, now_ms: int | None = None) -> dict[str, UpsertResult]:
         """Candles and the holes their fetches revealed, in ONE transaction: a hole is recorded
         against exactly the candles stored with it, and a crash leaves neither."""
         now = now_ms if now_ms is not None else int(time.time() * 1000)
         results: dict[str, UpsertResult] = {}
+        arriving = iter(writes)
+        first = next(arriving, None)  # a stream takes the write lock only once its first part is here
+        if first is None:
+            return results
         with self._transaction() as conn:
-            for write in writes:
+            for write in itertools.chain([first], arriving):
                 sid = self._symbol_id_in(conn, write.symbol)
                 if write.first_candle_ms is not None:
                     conn.execute(
