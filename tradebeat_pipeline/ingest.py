@@ -14,7 +14,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date
 from functools import cached_property
@@ -246,7 +246,7 @@ class StreamedBackfill:
             raise RuntimeError("the backfill's writes were not consumed yet")
         return self._batch
 
-    def writes(self) -> Iterator[SymbolWrite]:
+    def writes(self) -> Generator[SymbolWrite, None, None]:
         try:
             while True:
                 item = self._arrived.get()

@@ -13,7 +13,7 @@ from tradebeat_pipeline import progress
 from tradebeat_pipeline.errors import Refused
 from tradebeat_pipeline.quality import UNEXPLAINED, GapReport
 from tradebeat_pipeline.settings import Settings
-from tradebeat_pipeline.store import CandleStore, open_store
+from tradebeat_pipeline.store import CandleStore, SymbolWrite, open_store
 from tradebeat_pipeline.timewindows import (
     day_window,
     iso_utc,
@@ -49,7 +49,7 @@ def backfill(args: argparse.Namespace, settings: Settings) -> int:
     first, last = month_of(start), month_of(end)
     if start != first or end != min(next_month(last) - timedelta(days=1), utc_today()):
         print(f"{symbol}: {start}..{end} widened to the whole months {month_key(first)}..{month_key(last)}")
-    first_ms = asyncio.run(first_candle_on_exchange(symbol))
+    first_ms = known_first_candle(symbol, settings)
     if first_ms is None:
         print(f"{symbol}: the exchange has no candles at all; nothing to backfill")
         return EXIT_OK
@@ -135,6 +135,21 @@ def _report(symbol: str, start: date, end: date, result: "dg.ExecuteInProcessRes
         )
         return EXIT_FAILED
     return EXIT_OK
+
+
+def known_first_candle(symbol: str, settings: Settings) -> int | None:
+    """Where the symbol's history begins: as the store knows it, else asked of the exchange once
+    and recorded, so the run this command launches does not ask again."""
+    from tradebeat_pipeline.candles import empty_candles
+
+    with open_store(settings) as store:
+        known = store.first_candles([symbol])[symbol]
+        if known is not None:
+            return known
+        first_ms = asyncio.run(first_candle_on_exchange(symbol))
+        if first_ms is not None:
+            store.ingest([SymbolWrite(symbol, empty_candles(), first_candle_ms=first_ms)])
+        return first_ms
 
 
 async def first_candle_on_exchange(symbol: str) -> int | None:

@@ -35,6 +35,11 @@ def test_a_backfill_of_a_month_is_one_run_of_one_partition_storing_exactly_its_c
     assert instance.get_materialized_partitions(dg.AssetKey("ohlcv_1m")) == {"2020-01|BTC/USDT"}
 
 
+def test_a_backfill_asks_the_exchange_where_history_begins_once(btc: Path, sandbox: Sandbox) -> None:
+    assert main(["backfill", "BTC/USDT", *JANUARY]) == 0  # the month comes from its archive file
+    assert sandbox.requests["klines"] == 1
+
+
 def test_a_day_range_is_widened_to_the_whole_months_covering_it_and_said_so(
     env: Path, sandbox: Sandbox, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
 ) -> None:
