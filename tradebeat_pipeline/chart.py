@@ -8,11 +8,13 @@ plotly.js is written once beside the page, so it opens offline and the page itse
 
 import html
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from tradebeat_pipeline.quality import EXCHANGE, Hole
@@ -128,6 +130,56 @@ def write_page(fig: "go.Figure", path: Path) -> int:
     page = path.read_text(encoding="utf-8")
     path.write_text(page.replace("<head>", f"<head><title>{title}</title>", 1), encoding="utf-8")
     return path.stat().st_size
+
+
+# Plotly's default colours, in its order, so the thumbnail's lines match the page's.
+_COLOURS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
+
+
+def thumbnail_svg(charts: Sequence[SymbolChart], *, width: int = 480, height: int = 150) -> str:
+    """A small picture of the overview for the UI's metadata: each symbol's hourly close relative to
+    its first, one line each (broken where buckets are empty), the symbols named in their colours.
+    SVG drawn here, not by Plotly, whose images need a browser engine of their own."""
+    plot_h = height - 22
+    series = []
+    for c in charts:
+        if not len(c.overview):
+            continue
+        closes = c.overview["close"].to_numpy(dtype=float)
+        known = closes[~np.isnan(closes)]
+        if len(known):
+            series.append((c.symbol, c.overview["timestamp"].to_numpy(dtype=float), closes / known[0]))
+    parts = []
+    if series:
+        t0 = min(float(t.min()) for _, t, _ in series)
+        t1 = max(float(t.max()) for _, t, _ in series)
+        lo = min(float(np.nanmin(v)) for _, _, v in series)
+        hi = max(float(np.nanmax(v)) for _, _, v in series)
+        for i, (symbol, times, values) in enumerate(series):
+            colour = _COLOURS[i % len(_COLOURS)]
+            xs = ((times - t0) / max(t1 - t0, 1) * (width - 4) + 2).tolist()
+            ys = (plot_h - (values - lo) / max(hi - lo, 1e-12) * (plot_h - 4) - 2).tolist()
+            segments: list[list[str]] = [[]]
+            for x, y in zip(xs, ys, strict=True):
+                if y != y:  # NaN: an empty bucket ends the line; it never bridges a hole
+                    segments.append([])
+                else:
+                    segments[-1].append(f"{x:.1f},{y:.1f}")
+            parts += [
+                f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{" ".join(seg)}"/>'
+                for seg in segments
+                if seg
+            ]
+            parts.append(
+                f'<text x="{4 + 110 * i}" y="{height - 6}" fill="{colour}" font-family="sans-serif" '
+                f'font-size="12">{html.escape(symbol)}</text>'
+            )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}"><rect width="100%" height="100%" fill="white"/>'
+        + "".join(parts)
+        + "</svg>"
+    )
 
 
 def human_bytes(size: int) -> str:

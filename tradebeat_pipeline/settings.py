@@ -175,6 +175,14 @@ class Settings(BaseSettings):
         alias="CHARTS_DIR",
         description="Folder the price chart page (price_chart.html) is written to.",
     )
+    charts_port: int = Field(
+        3011,
+        ge=1,
+        le=65535,
+        alias="CHARTS_PORT",
+        description="Port on 127.0.0.1 where `tradebeat demo` serves CHARTS_DIR read-only: the Dagster UI's "
+        "chart link and thumbnail point there (a browser will not open file:// links from a web page).",
+    )
     chart_days: int = Field(
         30,
         ge=1,

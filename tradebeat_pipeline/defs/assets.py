@@ -200,7 +200,8 @@ ROLLUP_ASSETS = [ohlcv_5m, ohlcv_1h, ohlcv_1d]
     "then candlesticks + volume per symbol over CHART_WINDOW_HOURS; the exchange's own holes shaded.",
 )
 def price_chart(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
-    from tradebeat_pipeline.chart import SymbolChart, build_figure, human_bytes, write_page
+    from tradebeat_pipeline.chart import SymbolChart, build_figure, human_bytes, thumbnail_svg, write_page
+    from tradebeat_pipeline.chart_server import chart_url
 
     settings = run_settings()
     charts: list[SymbolChart] = []
@@ -224,21 +225,26 @@ def price_chart(context: dg.AssetExecutionContext, store: StoreResource) -> dg.M
             )
     path = settings.charts_dir / "price_chart.html"
     size = write_page(build_figure(charts, title=f"tradebeat — up to {iso_utc(end - MINUTE_MS)}"), path)
+    thumbnail = path.with_suffix(".svg")
+    thumbnail.write_text(thumbnail_svg(charts), encoding="utf-8")
     chart_log.info("chart of %d symbols written to %s (%d bytes)", len(charts), path, size)
+    # Served over http by `tradebeat demo` (CHARTS_PORT): a browser opens no file:// link from the UI.
+    port = settings.charts_port
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
-            "open": dg.MetadataValue.url(path.resolve().as_uri()),
+            "open": dg.MetadataValue.url(chart_url(port, path.name)),
             "page_bytes": size,
             "page_size": human_bytes(size),
             "symbols": len(charts),
-            "preview": dg.MetadataValue.md(_preview(charts)),
+            "preview": dg.MetadataValue.md(_preview(charts, chart_url(port, thumbnail.name))),
         }
     )
 
 
-def _preview(charts: list["SymbolChart"]) -> str:
-    lines = ["| symbol | last close | change over the window |", "|---|---|---|"]
+def _preview(charts: list["SymbolChart"], thumbnail_url: str) -> str:
+    lines = [f"![the chart's overview]({thumbnail_url})", ""]
+    lines += ["| symbol | last close | change over the window |", "|---|---|---|"]
     for c in charts:
         closes = c.recent["close"].dropna()
         if len(closes):

@@ -64,9 +64,17 @@ def test_the_chart_is_one_offline_page_with_every_symbol_on_a_log_axis(
     assert all(symbol.replace("/", "\\u002f") in html for symbol in SYMBOLS)  # JSON-escaped by plotly
     assert re.search(r'"yaxis":\{[^{}]*"type":"log"', html)
     assert "2023-03-24T12:40:00" in html  # the exchange's own hole is shaded
-    assert metadata["open"] == page.resolve().as_uri()
+    assert metadata["open"] == f"http://127.0.0.1:3011/{page.name}"  # CHARTS_PORT's default
     assert metadata["page_bytes"] == page.stat().st_size
     assert "| BTC/USDT |" in str(metadata["preview"])
+
+
+def test_the_charts_metadata_shows_its_thumbnail_served_beside_the_page(
+    outage_day: Path, instance: dg.DagsterInstance
+) -> None:
+    page, metadata = chart(instance)
+    assert page.with_suffix(".svg").read_text().startswith("<svg")
+    assert "![the chart's overview](http://127.0.0.1:3011/price_chart.svg)" in str(metadata["preview"])
 
 
 def test_the_chart_page_has_a_title_and_its_size_reads_in_kib(
