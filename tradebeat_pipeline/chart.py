@@ -151,8 +151,9 @@ def thumbnail_svg(charts: Sequence[SymbolChart], *, width: int = 480, height: in
             series.append((c.symbol, c.overview["timestamp"].to_numpy(dtype=float), closes / known[0]))
     parts = []
     if series:
-        t0 = min(float(t.min()) for _, t, _ in series)
-        t1 = max(float(t.max()) for _, t, _ in series)
+        # From the first close to the last: a month's overview of one day's data is not a dot.
+        t0 = min(float(t[~np.isnan(v)].min()) for _, t, v in series)
+        t1 = max(float(t[~np.isnan(v)].max()) for _, t, v in series)
         lo = min(float(np.nanmin(v)) for _, _, v in series)
         hi = max(float(np.nanmax(v)) for _, _, v in series)
         for i, (symbol, times, values) in enumerate(series):

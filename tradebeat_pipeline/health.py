@@ -18,6 +18,11 @@ DAEMON_STALE_S = 300
 BEAT_STALE_S = 300
 # How far back the complete-through watermark looks for the first unexplained hole.
 WATERMARK_DAYS = 7
+# Set on the runs that a clean stop of `tradebeat demo` cancelled (its value: who stopped them), so
+# a CANCELED run in the UI says why. Dagster ends a run CANCELED only when someone asked for it (the
+# UI's Terminate, a clean stop); its run monitoring fails, not cancels, a beat that timed out or
+# whose worker died, so a cancelled beat is no sign of trouble and only FAILURE counts against health.
+STOPPED_BY_TAG = "tradebeat/stopped_by"
 
 
 class Health(IntEnum):
@@ -125,7 +130,7 @@ def judge(
             down.append("no heartbeat run yet")
         elif now_s - last.created_s > BEAT_STALE_S:
             down.append(f"no heartbeat run for {(now_s - last.created_s) / 60:.0f} minutes")
-    failed = [b for b in beats if b.status in ("FAILURE", "CANCELED") and now_s - b.created_s <= BEAT_STALE_S]
+    failed = [b for b in beats if b.status == "FAILURE" and now_s - b.created_s <= BEAT_STALE_S]
     if failed:
         degraded.append(f"{len(failed)} heartbeat run(s) failed in the last {BEAT_STALE_S // 60} minutes")
     for s in symbols:

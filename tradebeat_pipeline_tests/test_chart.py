@@ -30,3 +30,10 @@ def test_a_symbol_without_closes_is_left_out_of_the_thumbnail() -> None:
     charts = [SymbolChart("BTC/USDT", overview([np.nan, np.nan]), pd.DataFrame())]
     svg = ET.fromstring(thumbnail_svg(charts))
     assert svg.findall(f"{SVG}polyline") == [] and svg.findall(f"{SVG}text") == []
+
+
+def test_the_thumbnail_spans_from_the_first_close_to_the_last_not_the_whole_overview() -> None:
+    charts = [SymbolChart("BTC/USDT", overview([np.nan, np.nan, 1.0, 2.0, np.nan]), pd.DataFrame())]
+    (line,) = ET.fromstring(thumbnail_svg(charts, width=104)).findall(f"{SVG}polyline")
+    xs = [float(point.split(",")[0]) for point in line.attrib["points"].split()]
+    assert xs == [2.0, 102.0]

@@ -141,3 +141,10 @@ def test_a_symbol_without_candles_has_no_figures(store: CandleStore) -> None:
     figures = symbol_health(store, "BTC/USDT", NOW_MS)
     assert (figures.newest_candle, figures.lag_minutes, figures.candles_today) == (None, None, 0)
     assert verdict([figures]) == Health.DEGRADED
+
+
+def test_a_cancelled_beat_is_no_failure_but_a_failed_one_still_is() -> None:
+    # Dagster ends a run CANCELED only when asked to (a clean stop of the demo, the UI's Terminate);
+    # a beat that timed out or lost its worker is failed by run monitoring, and still counts.
+    assert verdict([fine()], beats=[beat(30, "CANCELED"), beat(90, "CANCELED")]) == Health.HEALTHY
+    assert verdict([fine()], beats=[beat(30, "CANCELED"), beat(90, "FAILURE")]) == Health.DEGRADED

@@ -296,6 +296,9 @@ def _service_commands(commands: Subcommands) -> None:
     )
     demo.add_argument("--port", type=int, default=3000, help="Dagster UI port (127.0.0.1)")
     demo.add_argument("--exchange-port", type=int, default=18081, help="sandbox exchange port")
+    demo.add_argument(
+        "--charts-port", type=int, default=None, help="port serving the chart pages (default CHARTS_PORT)"
+    )
     demo.add_argument("--symbols", default="BTC/USDT,ETH/USDT,SOL/USDT", help="comma-separated")
 
     sandbox = command(

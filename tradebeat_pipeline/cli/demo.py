@@ -1,24 +1,38 @@
 """`tradebeat sandbox` and `tradebeat demo`: the offline Binance-compatible exchange, and the whole
 system against it (sandbox in live replay + `dagster dev`), supervised so that Ctrl-C or `kill`
-stops every process it started."""
+stops every process it started, cleanly: the runs in flight are cancelled (CANCELED, not FAILURE)
+before the processes that run them stop."""
 
 import argparse
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterable
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 
+from tradebeat_pipeline.chart_server import chart_url, serve_charts
 from tradebeat_pipeline.errors import Failed
 from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME, PROJECT_DIR, Settings
 from tradebeat_pipeline.timewindows import DAY_MS, now_ms
 
 EXIT_OK = 0
+# Dagster's run statuses (`DagsterRunStatus` values) of a run that has not ended yet.
+UNFINISHED = ("NOT_STARTED", "QUEUED", "STARTING", "STARTED", "CANCELING")
+# How long a clean stop waits for the cancelled runs to end before it stops the processes anyway.
+CANCEL_TIMEOUT_S = 15.0
+# A signal this soon after the first is the same stop delivered twice (`kill` of uv's process group
+# reaches this process directly and forwarded by uv; so does Ctrl-C), not a user in a hurry.
+SAME_STOP_S = 2.0
 
 
 def sandbox(args: argparse.Namespace, settings: Settings) -> int:
@@ -52,11 +66,16 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(DEFAULT_DAGSTER_HOME / "dagster.yaml", home / "dagster.yaml")
     exchange_url = f"http://127.0.0.1:{args.exchange_port}"
-    env = _demo_environment(home, exchange_url, args.symbols)
+    charts_port = settings.charts_port if args.charts_port is None else args.charts_port
+    env = _demo_environment(home, exchange_url, args.symbols, charts_port)
     processes: list[subprocess.Popen[bytes]] = []
+    forwarder: threading.Thread | None = None
+    stopping = _Stopping()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # `kill` stops it as Ctrl-C does
-        signal.signal(signum, _interrupt)
+        signal.signal(signum, stopping.signalled)
+    charts: ThreadingHTTPServer | None = None
     try:
+        charts = _serve_charts(Path(env["CHARTS_DIR"]), charts_port)
         processes.append(
             _start(
                 [
@@ -91,30 +110,152 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
                 ],
                 env,
                 cwd=home,
+                output=subprocess.PIPE,
             )
         )
+        assert processes[1].stdout is not None
+        forwarder = threading.Thread(
+            target=forward_output,
+            args=(processes[1].stdout, sys.stderr.buffer, lambda: stopping.stopping),
+            name="dagster dev output",
+            daemon=True,
+        )
+        forwarder.start()
         print(
             f"tradebeat demo: sandbox exchange {exchange_url} (live replay of recorded candles), "
             f"symbols {args.symbols}; Dagster UI on http://127.0.0.1:{args.port} once it has "
-            "started. Ctrl-C stops everything.\n"
+            f"started; charts on {chart_url(charts_port, 'price_chart.html')}. Ctrl-C stops everything.\n"
             f"Its health, from another shell in {PROJECT_DIR}:\n"
             f"  DAGSTER_HOME={home} DB_PATH={env['DB_PATH']} BINANCE_API_URL={exchange_url} "
             f"BINANCE_ARCHIVE_URL={exchange_url} "
             "uv run tradebeat status",
             flush=True,
         )
-        with contextlib.suppress(KeyboardInterrupt):
-            while all(p.poll() is None for p in processes):
-                time.sleep(0.5)
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C or `kill`: the way a demo ends
     finally:
+        print("tradebeat demo: stopping; cancelling the runs in flight", flush=True)
+        cancel_runs(home, timeout_s=CANCEL_TIMEOUT_S, hurry=lambda: stopping.hurry)
         _stop(processes)
+        cancel_runs(home, timeout_s=0)  # whatever the processes left unfinished, nothing runs it now
+        if charts is not None:
+            charts.shutdown()
+            charts.server_close()
+        if forwarder is not None:
+            forwarder.join(timeout=5)
     return EXIT_OK
 
 
-def _demo_environment(home: Path, exchange_url: str, symbols: str) -> dict[str, str]:
-    """Every demo process's environment: its own home and database, the sandbox, no real keys."""
+# The first line of a record that Dagster logs on the console (colour codes optional).
+_RECORD_START = re.compile(rb"^(\x1b\[[0-9;]*m)?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+
+
+def forward_output(source: Iterable[bytes], sink: IO[bytes], stopping: Callable[[], bool]) -> None:
+    """Copy `dagster dev`'s console output line by line. Once the demo is stopping (`stopping()` is
+    true), the tracebacks of what the stop interrupts are left out: a record about the interruption
+    of a cancelled run keeps its one-line summary, and a helper process's KeyboardInterrupt
+    traceback (Dagster's watch_orphans, say) is dropped whole, even interleaved with other output.
+    Interrupting them is how the demo stops, not an error to debug."""
+    dropping = False
+    for line in source:
+        if _RECORD_START.match(line):
+            dropping = False
+        elif stopping() and (
+            b"DagsterExecutionInterruptedError" in line
+            or line.startswith((b"Traceback (most recent call last):", b"  "))
+            or line.strip() == b"KeyboardInterrupt"
+        ):
+            if b"DagsterExecutionInterruptedError" in line:
+                dropping = True  # this record's error and stack trace, up to the next record
+            continue
+        if not dropping:
+            sink.write(line)
+            sink.flush()
+
+
+class _Stopping:
+    """The demo's signal handler. The first SIGINT/TERM/HUP raises KeyboardInterrupt, which starts
+    the stop; a later one never interrupts the stop itself (that would leave the demo's processes
+    running), and one more than SAME_STOP_S later (a second Ctrl-C) only cuts short the wait for
+    the cancelled runs."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.stopping = False
+        self.hurry = False
+        self.first_s = 0.0
+
+    def signalled(self, signum: int, frame: object) -> None:
+        if self.stopping:
+            self.hurry = self.hurry or self.clock() - self.first_s > SAME_STOP_S
+            return
+        self.stopping = True
+        self.first_s = self.clock()
+        raise KeyboardInterrupt
+
+
+def cancel_runs(home: Path, *, timeout_s: float, hurry: Callable[[], bool] = lambda: False) -> list[str]:
+    """Cancel every unfinished run of the Dagster instance in `home` and wait, up to `timeout_s`
+    (less once `hurry()` turns true), for them to end; return the ids of those still unfinished.
+
+    A run with a worker is cancelled through the run launcher (its code server interrupts the worker,
+    which ends the run CANCELED); one without a worker (queued, not started) is simply marked
+    CANCELED, as the run coordinator does. Called with `timeout_s=0` once the demo's processes are
+    stopped, it marks CANCELED whatever they left unfinished. Best effort: a clean stop must never
+    be prevented by a run it could not cancel."""
+    # Here, not at the top: `tradebeat --help` must not import Dagster, nor the supervisor pandas.
+    import dagster as dg
+
+    from tradebeat_pipeline.health import STOPPED_BY_TAG
+
+    left: list[str] = []
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            statuses = [dg.DagsterRunStatus(s) for s in UNFINISHED]
+            runs = instance.get_runs(filters=dg.RunsFilter(statuses=statuses))
+            for run in runs:
+                instance.add_run_tags(run.run_id, {STOPPED_BY_TAG: "tradebeat demo"})
+                if timeout_s <= 0 or run.status == dg.DagsterRunStatus.CANCELING:
+                    continue  # nothing to ask: it is being cancelled, or nothing runs it any more
+                try:
+                    instance.run_coordinator.cancel_run(run.run_id)
+                except dg.DagsterError as exc:  # e.g. its code server already gone
+                    print(f"tradebeat demo: could not cancel run {run.run_id}: {exc}", flush=True)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                unfinished = [
+                    r for r in (instance.get_run_by_id(run.run_id) for run in runs) if r and not r.is_finished
+                ]
+                if not unfinished or time.monotonic() >= deadline or hurry():
+                    break
+                time.sleep(0.2)
+            for run in unfinished:
+                if timeout_s > 0:
+                    left.append(run.run_id)
+                    continue
+                if run.status != dg.DagsterRunStatus.CANCELING:
+                    instance.report_run_canceling(run, message="Canceling: `tradebeat demo` stopped.")
+                instance.report_run_canceled(run, message="`tradebeat demo` stopped before the run ended.")
+    except Exception as exc:  # the processes are stopped next, whatever failed here
+        print(f"tradebeat demo: could not cancel the runs in flight: {exc}", flush=True)
+    return left
+
+
+def _serve_charts(directory: Path, port: int) -> ThreadingHTTPServer:
+    try:
+        return serve_charts(directory, port)
+    except OSError as exc:
+        raise Failed(f"cannot serve the charts on 127.0.0.1:{port} ({exc}); try --charts-port") from exc
+
+
+def _demo_environment(home: Path, exchange_url: str, symbols: str, charts_port: int) -> dict[str, str]:
+    """Every demo process's environment: its own home, database and charts, the sandbox, no real keys."""
     return {
         **os.environ,
+        "CHARTS_DIR": str(home / "charts"),
+        "CHARTS_PORT": str(charts_port),
         "DAGSTER_HOME": str(home),
         "DB_PATH": str(PROJECT_DIR / "data" / "demo.sqlite"),
         "BINANCE_API_URL": exchange_url,
@@ -126,13 +267,15 @@ def _demo_environment(home: Path, exchange_url: str, symbols: str) -> dict[str, 
     }
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _start(argv: list[str], env: dict[str, str], cwd: Path) -> "subprocess.Popen[bytes]":
-    # A session of its own, so stopping it reaches every process it started.
-    return subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)  # noqa: S603 (our own argv)
+def _start(
+    argv: list[str], env: dict[str, str], cwd: Path, output: int | None = None
+) -> "subprocess.Popen[bytes]":
+    # A session of its own, so stopping it reaches every process it started; `output`: where its
+    # stdout and stderr go (this process's unless subprocess.PIPE).
+    stderr = None if output is None else subprocess.STDOUT
+    return subprocess.Popen(  # noqa: S603 (our own argv)
+        argv, env=env, cwd=cwd, start_new_session=True, stdout=output, stderr=stderr
+    )
 
 
 def _wait_for_port(port: int, process: "subprocess.Popen[bytes]", timeout_s: float = 60) -> None:
