@@ -49,8 +49,8 @@ def test_a_past_month_loads_from_its_monthly_file_with_no_klines_request(btc: Pa
 
     assert len(stored_times(btc)) == MINUTES_OF_31_DAYS
     assert sandbox.archives.requests["BTCUSDT-1m-2020-01.zip"] == 1
-    # Where its history begins (asked by the command, then by the run); not one page of candles.
-    assert sandbox.requests["klines"] == 2
+    # Where its history begins (asked once, by the command); not one page of candles.
+    assert sandbox.requests["klines"] == 1
     metadata = _last_run_metadata()
     assert metadata.candles_by_source == {"archive-monthly": MINUTES_OF_31_DAYS}
     assert metadata.archive_files_verified == 1
@@ -79,7 +79,7 @@ def test_a_month_whose_monthly_file_is_not_published_loads_from_its_daily_files(
     assert len(stored_times(btc)) == MINUTES_OF_31_DAYS
     assert sandbox.archives.requests["BTCUSDT-1m-2020-01-17.zip"] == 1
     assert _last_run_metadata().candles_by_source == {"archive-daily": MINUTES_OF_31_DAYS}
-    assert sandbox.requests["klines"] == 2  # where history begins, twice, as above
+    assert sandbox.requests["klines"] == 1  # where history begins, as above
 
 
 @pytest.mark.parametrize("fault", ["checksum_mismatch", "truncated", "bad_row"])
@@ -136,9 +136,9 @@ def test_minutes_a_file_lacks_are_asked_of_rest_once_and_a_hole_both_lack_is_the
     assert main(["backfill", "BTC/USDT", "--start", "2023-03", "--end", "2023-03"]) == 0
 
     assert _holes(btc) == [(ms("2023-03-24T12:40:00Z"), ms("2023-03-24T13:59:00Z"), "exchange")]
-    # Where history begins (twice, as above), then one fetch of exactly the 80 minutes the file
+    # Where history begins (once, as above), then one fetch of exactly the 80 minutes the file
     # lacks: its empty answer asked again EMPTY_REASKS times, as every empty REST answer is.
-    assert sandbox.requests["klines"] == 2 + 1 + EMPTY_REASKS
+    assert sandbox.requests["klines"] == 1 + 1 + EMPTY_REASKS
     assert _last_run_metadata().candles_by_source == {"archive-monthly": MINUTES_OF_31_DAYS - 80}
 
 
