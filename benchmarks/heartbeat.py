@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -177,10 +178,8 @@ def report(
     backfill_span: tuple[float, float] | None,
 ) -> None:
     with dg.DagsterInstance.get() as instance:
-        runs = [
-            r.dagster_run
-            for r in instance.get_run_records(filters=dg.RunsFilter(tags={"tradebeat/kind": "heartbeat"}))
-        ]
+        records = instance.get_run_records(filters=dg.RunsFilter(tags={"tradebeat/kind": "heartbeat"}))
+    runs = [r.dagster_run for r in records]
     per_minute: dict[int, list[dg.DagsterRun]] = {}
     for run in runs:
         per_minute.setdefault(beat_minute_of(run.tags), []).append(run)
@@ -211,9 +210,35 @@ def report(
             f"close -> commit, {label} ({len(latency)} candles): p50 {np.percentile(latency, 50):.1f}s, "
             f"p95 {np.percentile(latency, 95):.1f}s, max {latency.max():.1f}s (buffer {buffer_s:.0f}s)"
         )
+    report_in_progress(records, first_beat, last_beat)
     print(
         f"CPU (whole machine less the sandbox, from the first beat to the last): "
         f"{cpu_s:.1f}s, {cpu_s / len(beats):.1f}s per beat"
+    )
+
+
+def report_in_progress(records: Sequence[dg.RunRecord], first_beat: int, last_beat: int) -> None:
+    """The share of wall time a heartbeat run is in progress (created, not yet ended: what the UI
+    shows as queued or running), from the tick of the first measured beat to a minute after the
+    last one's, and how a beat's life splits between the queue and the run."""
+    window = ((first_beat + MIN) / 1000, (last_beat + 2 * MIN) / 1000)
+    spans = sorted(
+        (r.create_timestamp.timestamp(), r.end_time or time.time())
+        for r in records
+        if first_beat <= beat_minute_of(r.dagster_run.tags) <= last_beat
+    )
+    busy, until = 0.0, window[0]
+    for start, end in spans:
+        start, end = max(start, until), min(end, window[1])
+        if end > start:
+            busy += end - start
+            until = end
+    queued = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]
+    running = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
+    print(
+        f"a heartbeat run is in progress {busy / (window[1] - window[0]):.0%} of the time "
+        f"({busy:.0f}s of {window[1] - window[0]:.0f}s); per beat, created -> started "
+        f"p50 {np.percentile(queued, 50):.1f}s, started -> ended p50 {np.percentile(running, 50):.1f}s"
     )
 
 

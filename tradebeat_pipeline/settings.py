@@ -341,6 +341,12 @@ class Settings(BaseSettings):
         return urlsplit(self.database_url.get_secret_value()).password
 
 
+def dagster_home() -> Path:
+    """The Dagster home every tradebeat command and `tradebeat dev` use: DAGSTER_HOME as Dagster
+    reads it, else the project's dagster_home/ (its committed dagster.yaml holds the run queue)."""
+    return Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME)
+
+
 def default(name: str) -> Any:
     """The declared default of setting `name` (a field name), for code that takes the same knob as a
     parameter: the value lives in the declaration only."""

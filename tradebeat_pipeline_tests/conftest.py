@@ -25,6 +25,14 @@ from typing import Any, TypeVar
 import dagster as dg
 import pytest
 
+# Private: Dagster has no public way to build the origin a queued run must carry, and tests need
+# queued runs in a real instance without a code server.
+from dagster._core.remote_origin import (
+    RegisteredCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+
 from tradebeat_pipeline import logs
 from tradebeat_pipeline.candles import CANDLE_COLUMNS
 from tradebeat_pipeline.cli import main
@@ -33,6 +41,14 @@ from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
 
 T = TypeVar("T")
+
+
+def run_origin(job: str) -> RemoteJobOrigin:
+    """Where a queued run of this project's `job` was launched from (Dagster requires one)."""
+    repository = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("tradebeat_pipeline"), "__repository__")
+    return RemoteJobOrigin(repository, job)
+
+
 # Every column of a stored candle, in the contract's order.
 CANDLE_VALUES = ", ".join(CANDLE_COLUMNS)
 
@@ -192,7 +208,8 @@ def _pg_tool(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port nothing on 127.0.0.1 listens on now, for a server a test starts."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -210,7 +227,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         shutil.chown(root, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     data, log = root / "data", root / "server.log"
-    server = PostgresServer(_free_port())
+    server = PostgresServer(free_port())
     options = f"-h 127.0.0.1 -p {server.port} -k {root} -F -c synchronous_commit=off -c full_page_writes=off"
     steps = [
         [initdb, "-D", str(data), "-A", "trust", "-U", server.user, "-E", "UTF8", "--no-sync"],

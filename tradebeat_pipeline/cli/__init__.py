@@ -1,5 +1,5 @@
 """`tradebeat`: manage symbols, backfill history as one Dagster run, account for gaps, export, check
-health, serve the sandbox exchange, run the demo.
+health, serve the sandbox exchange, run the demo or the UI for real use (`dev`).
 
 Exit codes: 0 done, 1 the work failed (exchange, store or run; `gaps`: unexplained holes remain),
 2 the input was refused; `status` answers 0-3 like a monitoring plugin.
@@ -300,6 +300,17 @@ def _service_commands(commands: Subcommands) -> None:
         "--charts-port", type=int, default=None, help="port serving the chart pages (default CHARTS_PORT)"
     )
     demo.add_argument("--symbols", default="BTC/USDT,ETH/USDT,SOL/USDT", help="comma-separated")
+
+    dev = command(
+        commands,
+        "dev",
+        "demo:dev",
+        help="run the Dagster UI and daemon for real use: the project's DAGSTER_HOME, charts served",
+    )
+    dev.add_argument("--port", type=int, default=3000, help="Dagster UI port (127.0.0.1)")
+    dev.add_argument(
+        "--charts-port", type=int, default=None, help="port serving the chart pages (default CHARTS_PORT)"
+    )
 
     sandbox = command(
         commands, "sandbox", "demo:sandbox", _sandbox, help="serve the offline Binance-compatible exchange"

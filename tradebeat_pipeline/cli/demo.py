@@ -1,6 +1,7 @@
-"""`tradebeat sandbox` and `tradebeat demo`: the offline Binance-compatible exchange, and the whole
-system against it (sandbox in live replay + `dagster dev`), supervised so that Ctrl-C or `kill`
-stops every process it started, cleanly: the runs in flight are cancelled (CANCELED, not FAILURE)
+"""`tradebeat sandbox`, `tradebeat demo` and `tradebeat dev`: the offline Binance-compatible exchange,
+the whole system against it (sandbox in live replay + `dagster dev`), and `dagster dev` for real use
+with the project's instance; the last two supervised so that Ctrl-C or `kill` stops every process
+they started, cleanly: the runs in flight are cancelled (CANCELED, not FAILURE)
 before the processes that run them stop."""
 
 import argparse
@@ -22,7 +23,7 @@ from typing import IO
 
 from tradebeat_pipeline.chart_server import chart_url, serve_charts
 from tradebeat_pipeline.errors import Failed
-from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME, PROJECT_DIR, Settings
+from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME, PROJECT_DIR, Settings, dagster_home
 from tradebeat_pipeline.timewindows import DAY_MS, now_ms
 
 EXIT_OK = 0
@@ -68,6 +69,81 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     exchange_url = f"http://127.0.0.1:{args.exchange_port}"
     charts_port = settings.charts_port if args.charts_port is None else args.charts_port
     env = _demo_environment(home, exchange_url, args.symbols, charts_port)
+    sandbox = [
+        sys.executable,
+        "-m",
+        "tradebeat_pipeline.cli",
+        "sandbox",
+        "--replay",
+        "--synthetic-markets",
+        "20",  # S000/USDT..S019/USDT, for adding symbols from the UI
+        "--port",
+        str(args.exchange_port),
+    ]
+    banner = (
+        f"tradebeat demo: sandbox exchange {exchange_url} (live replay of recorded candles), "
+        f"symbols {args.symbols}; Dagster UI on http://127.0.0.1:{args.port} once it has "
+        f"started; charts on {chart_url(charts_port, 'price_chart.html')}. Ctrl-C stops everything.\n"
+        f"Its health, from another shell in {PROJECT_DIR}:\n"
+        f"  DAGSTER_HOME={home} DB_PATH={env['DB_PATH']} BINANCE_API_URL={exchange_url} "
+        f"BINANCE_ARCHIVE_URL={exchange_url} "
+        "uv run tradebeat status"
+    )
+    # cwd is the demo home: `dagster dev` loads a .env from its cwd, and the project's is for Binance.
+    return _supervise(
+        "tradebeat demo",
+        home,
+        env,
+        home,
+        ui_port=args.port,
+        charts_port=charts_port,
+        banner=banner,
+        sandbox=(sandbox, args.exchange_port),
+    )
+
+
+def dev(args: argparse.Namespace, settings: Settings) -> int:
+    """`dagster dev` for real use, set up as tradebeat needs it: the project's Dagster home
+    (DAGSTER_HOME, else dagster_home/), whose dagster.yaml keeps beats one at a time and ticks
+    pruned, and CHARTS_DIR served on CHARTS_PORT so the UI's chart link opens. Ctrl-C stops it
+    cleanly, as the demo does."""
+    home = dagster_home()
+    if not (home / "dagster.yaml").is_file():
+        raise Failed(
+            f"DAGSTER_HOME {home} has no dagster.yaml: without it beats are not queued one at a time "
+            f"and ticks are never pruned; copy {DEFAULT_DAGSTER_HOME / 'dagster.yaml'} there"
+        )
+    charts_port = settings.charts_port if args.charts_port is None else args.charts_port
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "CHARTS_DIR": str(settings.charts_dir),
+        "CHARTS_PORT": str(charts_port),
+    }
+    banner = (
+        f"tradebeat dev: Dagster UI on http://127.0.0.1:{args.port} once it has started "
+        f"(DAGSTER_HOME={home}); exchange {settings.api_url}; charts on "
+        f"{chart_url(charts_port, 'price_chart.html')}. Ctrl-C stops everything."
+    )
+    return _supervise(
+        "tradebeat dev", home, env, PROJECT_DIR, ui_port=args.port, charts_port=charts_port, banner=banner
+    )
+
+
+def _supervise(
+    label: str,
+    home: Path,
+    env: dict[str, str],
+    cwd: Path,
+    *,
+    ui_port: int,
+    charts_port: int,
+    banner: str,
+    sandbox: tuple[list[str], int] | None = None,
+) -> int:
+    """Run `dagster dev` (after the sandbox exchange, when given as its argv and port) and the charts
+    server until a signal or a process ends, then stop cleanly: cancel the runs in flight, stop
+    every process started, and mark CANCELED whatever they left unfinished."""
     processes: list[subprocess.Popen[bytes]] = []
     forwarder: threading.Thread | None = None
     stopping = _Stopping()
@@ -76,70 +152,32 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     charts: ThreadingHTTPServer | None = None
     try:
         charts = _serve_charts(Path(env["CHARTS_DIR"]), charts_port)
-        processes.append(
-            _start(
-                [
-                    sys.executable,
-                    "-m",
-                    "tradebeat_pipeline.cli",
-                    "sandbox",
-                    "--replay",
-                    "--synthetic-markets",
-                    "20",  # S000/USDT..S019/USDT, for adding symbols from the UI
-                    "--port",
-                    str(args.exchange_port),
-                ],
-                env,
-                cwd=home,
-            )
-        )
-        _wait_for_port(args.exchange_port, processes[0])
+        if sandbox is not None:
+            processes.append(_start(sandbox[0], env, cwd=cwd))
+            _wait_for_port(sandbox[1], processes[-1])
         dagster = str(Path(sys.executable).with_name("dagster"))
-        # cwd is the demo home: `dagster dev` loads a .env from its cwd, and the project's is for Binance.
-        processes.append(
-            _start(
-                [
-                    dagster,
-                    "dev",
-                    "-w",
-                    str(PROJECT_DIR / "workspace.yaml"),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(args.port),
-                ],
-                env,
-                cwd=home,
-                output=subprocess.PIPE,
-            )
-        )
-        assert processes[1].stdout is not None
+        workspace = str(PROJECT_DIR / "workspace.yaml")
+        ui = [dagster, "dev", "-w", workspace, "-h", "127.0.0.1", "-p", str(ui_port)]
+        processes.append(_start(ui, env, cwd=cwd, output=subprocess.PIPE))
+        output = processes[-1].stdout
+        assert output is not None
         forwarder = threading.Thread(
             target=forward_output,
-            args=(processes[1].stdout, sys.stderr.buffer, lambda: stopping.stopping),
+            args=(output, sys.stderr.buffer, lambda: stopping.stopping),
             name="dagster dev output",
             daemon=True,
         )
         forwarder.start()
-        print(
-            f"tradebeat demo: sandbox exchange {exchange_url} (live replay of recorded candles), "
-            f"symbols {args.symbols}; Dagster UI on http://127.0.0.1:{args.port} once it has "
-            f"started; charts on {chart_url(charts_port, 'price_chart.html')}. Ctrl-C stops everything.\n"
-            f"Its health, from another shell in {PROJECT_DIR}:\n"
-            f"  DAGSTER_HOME={home} DB_PATH={env['DB_PATH']} BINANCE_API_URL={exchange_url} "
-            f"BINANCE_ARCHIVE_URL={exchange_url} "
-            "uv run tradebeat status",
-            flush=True,
-        )
+        print(banner, flush=True)
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass  # Ctrl-C or `kill`: the way a demo ends
+        pass  # Ctrl-C or `kill`: the way it ends
     finally:
-        print("tradebeat demo: stopping; cancelling the runs in flight", flush=True)
-        cancel_runs(home, timeout_s=CANCEL_TIMEOUT_S, hurry=lambda: stopping.hurry)
+        print(f"{label}: stopping; cancelling the runs in flight", flush=True)
+        cancel_runs(home, timeout_s=CANCEL_TIMEOUT_S, hurry=lambda: stopping.hurry, by=label)
         _stop(processes)
-        cancel_runs(home, timeout_s=0)  # whatever the processes left unfinished, nothing runs it now
+        cancel_runs(home, timeout_s=0, by=label)  # what the processes left unfinished: nothing runs it now
         if charts is not None:
             charts.shutdown()
             charts.server_close()
@@ -196,7 +234,9 @@ class _Stopping:
         raise KeyboardInterrupt
 
 
-def cancel_runs(home: Path, *, timeout_s: float, hurry: Callable[[], bool] = lambda: False) -> list[str]:
+def cancel_runs(
+    home: Path, *, timeout_s: float, hurry: Callable[[], bool] = lambda: False, by: str = "tradebeat demo"
+) -> list[str]:
     """Cancel every unfinished run of the Dagster instance in `home` and wait, up to `timeout_s`
     (less once `hurry()` turns true), for them to end; return the ids of those still unfinished.
 
@@ -216,13 +256,13 @@ def cancel_runs(home: Path, *, timeout_s: float, hurry: Callable[[], bool] = lam
             statuses = [dg.DagsterRunStatus(s) for s in UNFINISHED]
             runs = instance.get_runs(filters=dg.RunsFilter(statuses=statuses))
             for run in runs:
-                instance.add_run_tags(run.run_id, {STOPPED_BY_TAG: "tradebeat demo"})
+                instance.add_run_tags(run.run_id, {STOPPED_BY_TAG: by})
                 if timeout_s <= 0 or run.status == dg.DagsterRunStatus.CANCELING:
                     continue  # nothing to ask: it is being cancelled, or nothing runs it any more
                 try:
                     instance.run_coordinator.cancel_run(run.run_id)
                 except dg.DagsterError as exc:  # e.g. its code server already gone
-                    print(f"tradebeat demo: could not cancel run {run.run_id}: {exc}", flush=True)
+                    print(f"{by}: could not cancel run {run.run_id}: {exc}", flush=True)
             deadline = time.monotonic() + timeout_s
             while True:
                 unfinished = [
@@ -236,10 +276,10 @@ def cancel_runs(home: Path, *, timeout_s: float, hurry: Callable[[], bool] = lam
                     left.append(run.run_id)
                     continue
                 if run.status != dg.DagsterRunStatus.CANCELING:
-                    instance.report_run_canceling(run, message="Canceling: `tradebeat demo` stopped.")
-                instance.report_run_canceled(run, message="`tradebeat demo` stopped before the run ended.")
+                    instance.report_run_canceling(run, message=f"Canceling: `{by}` stopped.")
+                instance.report_run_canceled(run, message=f"`{by}` stopped before the run ended.")
     except Exception as exc:  # the processes are stopped next, whatever failed here
-        print(f"tradebeat demo: could not cancel the runs in flight: {exc}", flush=True)
+        print(f"{by}: could not cancel the runs in flight: {exc}", flush=True)
     return left
 
 

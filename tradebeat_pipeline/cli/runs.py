@@ -10,7 +10,7 @@ from datetime import date
 import dagster as dg
 
 from tradebeat_pipeline.defs.partitions import KIND_TAG, Kind, beat_tags, range_tags
-from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME
+from tradebeat_pipeline.settings import dagster_home
 
 
 def instance() -> dg.DagsterInstance:
@@ -18,11 +18,11 @@ def instance() -> dg.DagsterInstance:
     `with` block so it is closed (an instance left open lingers in Dagster's process-wide state).
 
     Runs materialized here are given this instance, so nothing needs DAGSTER_HOME in the environment."""
-    home = os.environ.get("DAGSTER_HOME")
-    if home:
+    home = dagster_home()
+    if os.environ.get("DAGSTER_HOME"):
         return dg.DagsterInstance.get()
-    DEFAULT_DAGSTER_HOME.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.from_config(str(DEFAULT_DAGSTER_HOME))
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.from_config(str(home))
 
 
 def materialize_history(

@@ -109,7 +109,7 @@ def chart_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.
     only fail with "no candles stored yet", four times an hour, on an idle system)."""
     if not context.instance.get_dynamic_partitions(SYMBOLS_PARTITIONS_NAME):
         return dg.SkipReason("no symbols registered")
-    return dg.RunRequest()
+    return dg.RunRequest(tags={KIND_TAG: Kind.CHART})
 
 
 @dg.schedule(
@@ -118,14 +118,16 @@ def chart_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.
     job=candles_job,
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description=(
-        "Every minute: one run that stores the minute that has just closed for every registered "
-        "symbol, a few seconds after it closes, together with any minutes missed since the last beat. "
-        "Skipped while an earlier beat is still waiting in the queue."
+        "Every minute, as the minute closes: one run that stores it for every registered symbol a few "
+        "seconds later, together with any minutes missed since the last beat, and ends. Skipped while "
+        "an earlier beat is still waiting in the queue."
     ),
 )
 def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg.RunRequest | dg.SkipReason:
-    """Every minute, ONE run over every symbol's latest month(s) that stores the minute now open once
-    it has closed (the run waits for the close plus HEARTBEAT_BUFFER_SECONDS).
+    """Every minute, ONE run over every symbol's latest month(s) that stores the minute that has just
+    closed: the tick at the start of minute M+1 stores M. The run starts within the buffer
+    (HEARTBEAT_BUFFER_SECONDS), fetches once the exchange's clock agrees M has closed, and ends a few
+    seconds after it was created, so between beats the UI shows the last one settled, not running.
 
     Beats never overlap: the run queue admits one `tradebeat/kind=heartbeat` run at a time
     (dagster.yaml), and a beat is skipped while another is still waiting in the queue, so a slow
@@ -142,7 +144,7 @@ def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg
     if waiting:
         return dg.SkipReason(f"beat {waiting[0].dagster_run.run_id} is still queued")
     scheduled = context.scheduled_execution_time.astimezone(UTC)
-    minute_ms = int(scheduled.timestamp() * 1000) // MINUTE_MS * MINUTE_MS
+    minute_ms = int(scheduled.timestamp() * 1000) // MINUTE_MS * MINUTE_MS - MINUTE_MS  # just closed
     with store.open() as candles:
         newest = candles.newest_candles(symbols)
     oldest = min((t for t in newest.values() if t is not None), default=None)
@@ -153,7 +155,7 @@ def heartbeat(context: dg.ScheduleEvaluationContext, store: StoreResource) -> dg
             **beat_tags((first, symbols[0]), (last, symbols[-1]), minute_ms),
             # Dequeued before any waiting backfill: fresh candles first, history after.
             "dagster/priority": "10",
-            # A beat lives ~65 s; one whose worker died is cancelled by run monitoring, so it
+            # A beat lives seconds; one whose worker died is cancelled by run monitoring, so it
             # cannot hold the one-heartbeat-at-a-time slot forever.
             "dagster/max_runtime_seconds": str(BEAT_MAX_RUNTIME_S),
         },
@@ -311,6 +313,7 @@ retention_schedule = dg.ScheduleDefinition(
     cron_schedule="17 3 * * *",
     execution_timezone="UTC",
     job=retention_job,
+    tags={KIND_TAG: Kind.RETENTION},
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description=(
         "Every day at 03:17 UTC: deletes heartbeat runs older than RUN_RETENTION_DAYS from the Dagster "

@@ -85,6 +85,39 @@ class Kind:
     HEARTBEAT: Final = "heartbeat"
     BACKFILL: Final = "backfill"
     ROLLUPS: Final = "rollups"
+    CHART: Final = "chart"
+    RETENTION: Final = "retention"
+    OTHER: Final = "other"
+
+
+# What a run launched without a KIND_TAG (from the UI's Materialize or backfill dialogs, say) is
+# for: the first of these assets it materializes decides, else its job (a test checks both cover
+# every asset and job of the definitions).
+ASSET_KINDS: Final = {
+    "ohlcv_1m": Kind.BACKFILL,
+    "ohlcv_5m": Kind.ROLLUPS,
+    "ohlcv_1h": Kind.ROLLUPS,
+    "ohlcv_1d": Kind.ROLLUPS,
+    "price_chart": Kind.CHART,
+}
+JOB_KINDS: Final = {
+    "candles_job": Kind.BACKFILL,
+    "backfill_job": Kind.BACKFILL,
+    "rollups_job": Kind.ROLLUPS,
+    "chart_job": Kind.CHART,
+    "retention_job": Kind.RETENTION,
+}
+
+
+def kind_of(tags: Mapping[str, str], job_name: str, asset_names: Iterable[str] | None) -> str:
+    """The `Kind` of a run: its KIND_TAG, else what it materializes, else its job."""
+    if KIND_TAG in tags:
+        return tags[KIND_TAG]
+    names = set(asset_names or ())
+    for asset, kind in ASSET_KINDS.items():
+        if asset in names:
+            return kind
+    return JOB_KINDS.get(job_name, Kind.OTHER)
 
 
 def beat_tags(first: tuple[date, str], last: tuple[date, str], minute_ms: int) -> dict[str, str]:

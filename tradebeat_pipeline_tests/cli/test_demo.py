@@ -10,25 +10,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-# Private: Dagster has no public way to build the origin a queued run must carry, and these tests
-# need queued runs in a real instance without a code server.
-from dagster._core.remote_origin import (
-    RegisteredCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-)
-
 from tradebeat_pipeline.cli.demo import SAME_STOP_S, _Stopping, cancel_runs, forward_output
 from tradebeat_pipeline.defs.partitions import KIND_TAG, Kind
 from tradebeat_pipeline.health import STOPPED_BY_TAG
 from tradebeat_pipeline.settings import PROJECT_DIR
+from tradebeat_pipeline_tests.conftest import run_origin
 
 Status = dg.DagsterRunStatus
-# Where a run was launched from (Dagster requires one of a queued run).
-ORIGIN = RemoteJobOrigin(
-    RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("tradebeat_pipeline"), "__repository__"),
-    "candles_job",
-)
 
 
 @pytest.fixture
@@ -46,7 +34,7 @@ def add_runs(home: Path, *statuses: dg.DagsterRunStatus) -> list[str]:
                 job_name="candles_job",
                 status=s,
                 tags={KIND_TAG: Kind.HEARTBEAT},
-                remote_job_origin=ORIGIN,
+                remote_job_origin=run_origin("candles_job"),
             )
             for s in statuses
         ]

@@ -11,7 +11,7 @@ import pytest
 from tradebeat_pipeline.budget import Lane, WeightBudget, ledger_path
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.definitions import defs
-from tradebeat_pipeline.defs.automation import chart_schedule, heartbeat, symbols_sensor
+from tradebeat_pipeline.defs.automation import chart_schedule, heartbeat, retention_schedule, symbols_sensor
 from tradebeat_pipeline.defs.partitions import SYMBOLS_PARTITIONS_NAME
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource
 from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
@@ -22,9 +22,10 @@ MIN = 60_000
 
 
 def beat_request(instance: dg.DagsterInstance, minute: str) -> dg.RunRequest:
+    """The run the heartbeat's tick asks for to store `minute`: the tick as `minute` closes."""
     context = dg.build_schedule_context(
         instance=instance,
-        scheduled_execution_time=datetime.fromisoformat(minute.replace("Z", "+00:00")).astimezone(UTC),
+        scheduled_execution_time=datetime.fromtimestamp((ms(minute) + MIN) / 1000, UTC),
         resources={"store": StoreResource()},
     )
     request = heartbeat(context)
@@ -54,6 +55,20 @@ def test_each_beat_is_exactly_one_run_over_every_symbol(
     for symbol in (symbols[0], symbols[-1]):
         times = stored_times(env, symbol)
         assert (times[0], times[-1]) == (ms("2020-01-01T00:00:00Z"), ms("2020-01-02T12:00:00Z"))
+
+
+def test_the_tick_as_a_minute_closes_makes_the_beat_for_that_minute(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    context = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=datetime(2020, 1, 2, 12, 1, tzinfo=UTC),
+        resources={"store": StoreResource()},
+    )
+    request = heartbeat(context)
+    assert isinstance(request, dg.RunRequest)
+    assert request.tags["tradebeat/beat_minute"] == "2020-01-02T12:00:00Z"
 
 
 def test_a_beat_stores_its_minute_and_nothing_after_it(
@@ -286,6 +301,18 @@ def test_the_chart_waits_for_a_first_symbol(
     assert isinstance(chart_schedule(context), dg.SkipReason)
     assert main(["symbols", "add", "BTC/USDT"]) == 0
     assert isinstance(chart_schedule(context), dg.RunRequest)
+
+
+def test_the_chart_and_retention_runs_carry_their_kind(
+    env: Path, sandbox: Sandbox, instance: dg.DagsterInstance
+) -> None:
+    assert main(["symbols", "add", "BTC/USDT"]) == 0
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    )
+    chart = chart_schedule(context)
+    assert isinstance(chart, dg.RunRequest)
+    assert (chart.tags["tradebeat/kind"], retention_schedule.tags["tradebeat/kind"]) == ("chart", "retention")
 
 
 AUTOMATIONS = {a.name: a for a in [*(defs.schedules or []), *(defs.sensors or [])]}
