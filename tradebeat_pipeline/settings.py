@@ -180,8 +180,9 @@ class Settings(BaseSettings):
         ge=1,
         le=65535,
         alias="CHARTS_PORT",
-        description="Port on 127.0.0.1 where `tradebeat demo` serves CHARTS_DIR read-only: the Dagster UI's "
-        "chart link and thumbnail point there (a browser will not open file:// links from a web page).",
+        description="Port on 127.0.0.1 where `tradebeat dev` and `tradebeat demo` serve CHARTS_DIR read-only: "
+        "the Dagster UI's chart link and thumbnail point there (a browser will not open file:// links "
+        "from a web page).",
     )
     chart_days: int = Field(
         30,

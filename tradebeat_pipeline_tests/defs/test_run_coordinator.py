@@ -45,8 +45,15 @@ def test_the_chart_materialized_from_the_ui_is_queued_as_a_chart_run(instance: d
 
 
 def test_a_run_that_says_its_kind_keeps_it(instance: dg.DagsterInstance) -> None:
-    run = ui_run("ohlcv_1m", tags={KIND_TAG: Kind.HEARTBEAT})
-    assert submit(instance, run).tags[KIND_TAG] == Kind.HEARTBEAT
+    run = ui_run("ohlcv_1m", tags={KIND_TAG: Kind.ROLLUPS})
+    assert submit(instance, run).tags[KIND_TAG] == Kind.ROLLUPS
+
+
+def test_a_beat_while_another_is_running_waits_in_the_queue(instance: dg.DagsterInstance) -> None:
+    running = ui_run("ohlcv_1m", tags={KIND_TAG: Kind.HEARTBEAT})
+    instance.add_run(running._replace(status=dg.DagsterRunStatus.STARTED))
+    beat = submit(instance, ui_run("ohlcv_1m", tags={KIND_TAG: Kind.HEARTBEAT}))
+    assert beat.status == dg.DagsterRunStatus.QUEUED
 
 
 def test_every_asset_and_job_of_the_definitions_has_a_kind() -> None:
