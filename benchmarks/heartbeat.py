@@ -183,7 +183,8 @@ def report(
     per_minute: dict[int, list[dg.DagsterRun]] = {}
     for run in runs:
         per_minute.setdefault(beat_minute_of(run.tags), []).append(run)
-    beats = sorted(m for m in per_minute if m <= last_beat)
+    # From the first measured beat on: the ones before it ran beside the onboarding backfills.
+    beats = sorted(m for m in per_minute if first_beat <= m <= last_beat)
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
             "SELECT timestamp, ingested_at FROM price_data WHERE timestamp BETWEEN ? AND ?",

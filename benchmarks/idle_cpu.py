@@ -3,7 +3,7 @@
     uv run python benchmarks/idle_cpu.py tradebeat            # tradebeat, no symbol registered
     uv run python benchmarks/idle_cpu.py empty                # a one-asset project, default dagster.yaml
     uv run python benchmarks/idle_cpu.py empty --dagster-yaml dagster_home/dagster.yaml
-    uv run python benchmarks/idle_cpu.py tradebeat --set run_queue.dequeue_interval_seconds=5 \
+    uv run python benchmarks/idle_cpu.py tradebeat --set run_coordinator.config.dequeue_interval_seconds=5 \
         --minutes 3 --settle 60 --repeat 2
 
 The daemon starts in its own session with a temporary DAGSTER_HOME (a copy of the given dagster.yaml,
