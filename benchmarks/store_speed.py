@@ -7,21 +7,17 @@ The write is what a full-history backfill hands the store: ONE `ingest` call (on
 one symbol's 1-minute candles from 2017-08-17 to the end of 2025 (~4.4 M), with one coverage window
 per month, plus the real 2023-03-24 halt as a hole. The read is `read_candles` of 2025 (525,600 rows)
 into the contract frame, best of three. `--postgres` runs the same against a throwaway PostgreSQL
-cluster started with Debian's binaries (as the tests do). Targets: write ≥ 400,000 candles/s into an
-empty range, ≥ 250,000/s for an identical rewrite; read ≥ 600,000 rows/s.
+cluster started from Debian's binaries by the tests' own start-up (tradebeat_pipeline_tests/
+pg_cluster.py), with the server's durability left on (the tests switch it off). Targets: write
+≥ 400,000 candles/s into an empty range, ≥ 250,000/s for an identical rewrite; read ≥ 600,000 rows/s.
 """
 
 import argparse
 import functools
 import logging
-import os
-import shutil
-import socket
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -34,13 +30,13 @@ from tradebeat_pipeline.candles import CANDLE_COLUMNS
 from tradebeat_pipeline.quality import Coverage
 from tradebeat_pipeline.store import CandleStore, SymbolWrite, open_store
 from tradebeat_pipeline.timewindows import MINUTE_MS, month_of, month_window, months_between
+from tradebeat_pipeline_tests.pg_cluster import ClusterUnavailable, running_cluster
 
 SYMBOL = "SYN/USDT"
 FIRST = 1_502_928_000_000  # 2017-08-17T00:00Z, Binance's first BTC/USDT candle
 LAST_MONTH = date(2025, 12, 1)
 YEAR_2025 = (1_735_689_600_000, 1_767_225_600_000)
 HALT = (1_679_661_600_000, 1_679_666_340_000)  # 2023-03-24 12:40..13:59 UTC: no candles at all
-PG_LIB = Path("/usr/lib/postgresql")
 _T = TypeVar("_T")
 
 
@@ -140,50 +136,6 @@ def run(name: str, open_it: Callable[[], CandleStore], first: int) -> None:
         )
 
 
-def _pg_tool(name: str) -> str:
-    installed = sorted(PG_LIB.glob(f"*/bin/{name}"), key=lambda p: p.parts[-3])
-    found = shutil.which(name) or (str(installed[-1]) if installed else None)
-    if found is None:
-        raise SystemExit(f"PostgreSQL's {name} is not installed (Debian: apt-get install postgresql)")
-    return found
-
-
-@contextmanager
-def postgres_cluster() -> Iterator[str]:
-    """A throwaway cluster on 127.0.0.1 (run as `postgres` when we are root), its URL, removed after."""
-    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
-    root = Path(tempfile.mkdtemp(prefix="tradebeat-pg-bench-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    data = root / "data"
-    options = f"-h 127.0.0.1 -p {port} -k {root}"
-    try:
-        subprocess.run(
-            [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "tradebeat", "--no-sync"],
-            cwd=root,
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-o", options, "-w", "start"],
-            cwd=root,
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql://tradebeat@127.0.0.1:{port}/postgres"
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run(
-                [*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], cwd=root, capture_output=True
-            )
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--years", type=float, default=None, help="only the last YEARS of history")
@@ -196,8 +148,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run("SQLite", lambda: open_store(Path(tmp) / "candles.sqlite"), first)
     if args.postgres:
-        with postgres_cluster() as url:
-            run("PostgreSQL", lambda: open_store(Path("unused"), database_url=url), first)
+        try:
+            with running_cluster(durable=True, prefix="tradebeat-pg-bench-") as server:
+                run("PostgreSQL", lambda: open_store(Path("unused"), database_url=server.url()), first)
+        except ClusterUnavailable as exc:
+            raise SystemExit(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""The exchange's request-weight budget, shared by every tradebeat process on this machine.
+"""The exchange's request-weight budget, shared by every tradebeat process of a deployment.
 
 Binance counts request weight per IP per minute. The heartbeat run, a backfill run and the CLI are
 separate processes: each throttling itself to "our share" would together spend several shares. So
-every request first takes its weight from one ledger, a small file under an exclusive `flock`
-holding the weight spent in each of the last `WINDOW_S` seconds, by lane.
+every request first takes its weight from one ledger per exchange host holding the weight spent in
+each of the last `WINDOW_S` seconds, by lane: a small file beside the SQLite database under an
+exclusive `flock` (one machine), or, when the store is PostgreSQL (DATABASE_URL), a row of the store's
+database read and rewritten under a row lock (`store/budget_ledger.py`), so run workers on several
+machines share it too. Either way it is one `SharedLedger`: the same bytes, the same rules here.
 
 Heartbeats come first. Backfills and other bulk work (the bulk lane) may fill the window only up to
 `1 - BEAT_RESERVE` of the budget, and not at all while a beat is waiting for room; a beat may use
@@ -20,10 +23,13 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
+
+from tradebeat_pipeline.settings import Settings
 
 log = logging.getLogger("tradebeat.exchange")
 
@@ -49,6 +55,59 @@ class Lane(enum.StrEnum):
 
 class BudgetUnavailable(RuntimeError):
     """The shared ledger cannot be opened: requests would go unaccounted."""
+
+
+@dataclass
+class LedgerRecord:
+    """A ledger as stored, while its holder has it to itself."""
+
+    raw: bytes  # b"": nothing stored yet
+    now: float  # the ledger's own clock (epoch seconds) once it was held: one clock for every machine
+    replacement: bytes | None = None  # stored when the block ends without an error (None: unchanged)
+
+
+class SharedLedger(Protocol):
+    """Where the ledger of one exchange host lives for every process sharing it; `str()` names it
+    for messages (never with a password)."""
+
+    def exists(self) -> bool:
+        """Whether any process ever wrote it (reading creates nothing)."""
+
+    def held(self, *, write: bool) -> AbstractContextManager[LedgerRecord]:
+        """The record, held against every other process that writes until the block ends, when its
+        `replacement` (if any) is stored; `write=False` only reads. Raises `BudgetUnavailable`."""
+
+
+@dataclass(frozen=True)
+class FileLedger:
+    """The ledger as a file under an exclusive `flock`: every process of one machine."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    @contextmanager
+    def held(self, *, write: bool) -> Iterator[LedgerRecord]:
+        """The file's bytes, locked until the block ends, then rewritten when asked to."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise BudgetUnavailable(f"cannot open the shared rate budget {self.path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            record = LedgerRecord(_read_all(fd), time.time())
+            yield record
+            if write and record.replacement is not None:
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.ftruncate(fd, 0)
+                os.write(fd, record.replacement)
+        finally:
+            os.close(fd)  # releases the lock
 
 
 @dataclass
@@ -97,52 +156,72 @@ class BudgetUse:
     paused_for_s: float  # > 0 while an exchange's Retry-After holds every request
 
 
+def ledger_host(api_url: str) -> str:
+    """What a ledger is kept per: the exchange's host (and port), whose budget is per IP."""
+    return urlsplit(api_url).netloc
+
+
 def ledger_path(db_path: Path, api_url: str) -> Path:
-    """One ledger per exchange host, beside the database every process of a deployment shares."""
-    host = urlsplit(api_url).netloc
+    """One ledger file per exchange host, beside the SQLite database every process shares."""
+    host = ledger_host(api_url)
     return db_path.parent / f"rate-budget-{re.sub(r'[^A-Za-z0-9.-]', '_', host)}.json"
 
 
-def read_ledger(db_path: Path, api_url: str, *, now_s: float | None = None) -> BudgetUse | None:
+def shared_ledger(where: Path | Settings, api_url: str) -> SharedLedger:
+    """The ledger of `api_url`'s host that the settings' store shares: a row of the PostgreSQL store
+    when DATABASE_URL is set (every machine), else the file beside DB_PATH (or beside the SQLite
+    file `where`)."""
+    if isinstance(where, Settings) and where.database_url is not None:
+        from tradebeat_pipeline.store.budget_ledger import PostgresLedger  # psycopg: only when used
+
+        return PostgresLedger(where.database_url.get_secret_value(), ledger_host(api_url))
+    return FileLedger(ledger_path(where.db_path if isinstance(where, Settings) else where, api_url))
+
+
+def read_ledger(where: Path | Settings, api_url: str, *, now_s: float | None = None) -> BudgetUse | None:
     """What every process spent from the ledger of `api_url`'s host in the current window (None when
-    no request was ever sent); reading changes nothing."""
-    path = ledger_path(db_path, api_url)
-    if not path.exists():
+    no request was ever sent); reading changes nothing. `where`: the settings, or the SQLite file."""
+    ledger = shared_ledger(where, api_url)
+    if not ledger.exists():
         return None
-    clock = time.time if now_s is None else (lambda: now_s)
-    return WeightBudget(path, 0, Lane.BULK, clock=clock).use()
+    return WeightBudget(ledger, 0, Lane.BULK, clock=None if now_s is None else (lambda: now_s)).use()
 
 
 class WeightBudget:
-    """Request weight per minute for all processes sharing `path` (one process only when None)."""
+    """Request weight per minute for all processes sharing `ledger` (a file path, or any
+    `SharedLedger`; one process only when None). The clock is the ledger's own unless one is given."""
 
     def __init__(
         self,
-        path: Path | None,
+        ledger: Path | SharedLedger | None,
         per_minute: float,
         lane: Lane,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        self.path = path
+        self.ledger: SharedLedger | None = FileLedger(ledger) if isinstance(ledger, Path) else ledger
         self.per_minute = per_minute
         self.lane = lane
         self._clock = clock
         self._memory = _Ledger()
         self.refusals: Counter[str] = Counter()  # why requests had to wait, for logs and tests
 
+    @property
+    def path(self) -> SharedLedger | None:
+        """The ledger, under the name the exchange client logs it by."""
+        return self.ledger
+
     def declare(self, per_minute: float) -> None:
         """The budget the exchange declares (times our share), for every process from now on;
         one that has not asked the exchange yet would otherwise assume Binance's."""
         self.per_minute = per_minute
-        with self._ledger() as ledger:
+        with self._ledger() as (ledger, _):
             ledger.per_minute = per_minute
 
     def take(self, weight: int) -> float:
         """Spend `weight` now if the window has room (0.0), else the seconds to wait before asking again."""
-        now = self._clock()
-        second = int(now)
-        with self._ledger() as ledger:
+        with self._ledger() as (ledger, now):
+            second = int(now)
             ledger.forget_before(second - WINDOW_S + 1)
             if now < ledger.paused_until:
                 self.refusals["paused"] += 1
@@ -173,14 +252,12 @@ class WeightBudget:
 
     def pause(self, seconds: float) -> None:
         """The exchange asked us to stop (Retry-After): every process waits that long."""
-        until = self._clock() + seconds
-        with self._ledger() as ledger:
-            ledger.paused_until = max(ledger.paused_until, until)
+        with self._ledger() as (ledger, now):
+            ledger.paused_until = max(ledger.paused_until, now + seconds)
 
     def use(self) -> BudgetUse:
         """The current window as `tradebeat status` shows it; reading changes nothing."""
-        now = self._clock()
-        with self._ledger(save=False) as ledger:
+        with self._ledger(save=False) as (ledger, now):
             ledger.forget_before(int(now) - WINDOW_S + 1)
             used: Counter[str] = Counter()
             for lanes in ledger.spent.values():
@@ -190,33 +267,27 @@ class WeightBudget:
             )
 
     @contextmanager
-    def _ledger(self, *, save: bool = True) -> Iterator[_Ledger]:
-        """The ledger, locked against every other process until the block ends, then saved."""
-        if self.path is None:
-            yield self._memory
+    def _ledger(self, *, save: bool = True) -> Iterator[tuple[_Ledger, float]]:
+        """The ledger and the time now, the ledger locked against every other process until the
+        block ends, then saved."""
+        if self.ledger is None:
+            yield self._memory, self._now(time.time())
             return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise BudgetUnavailable(f"cannot open the shared rate budget {self.path}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            raw = _read_all(fd)
+        with self.ledger.held(write=save) as record:
             try:
-                ledger = _Ledger.parse(raw) if raw else _Ledger()
+                ledger = _Ledger.parse(record.raw) if record.raw else _Ledger()
             except (ValueError, KeyError, TypeError, AttributeError):
-                # Only a crash between truncate and write leaves this; the window restarts empty.
-                log.warning("rate budget %s was unreadable; starting a new window", self.path)
+                # A crash between the file's truncate and write (or a hand-edited row) leaves this;
+                # the window restarts empty.
+                log.warning("rate budget %s was unreadable; starting a new window", self.ledger)
                 ledger = _Ledger()
-            yield ledger
-            if not save:
-                return
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.ftruncate(fd, 0)
-            os.write(fd, ledger.dump())
-        finally:
-            os.close(fd)  # releases the lock
+            yield ledger, self._now(record.now)
+            if save:
+                record.replacement = ledger.dump()
+
+    def _now(self, ledger_now: float) -> float:
+        """The clock given, else the ledger's: one clock for every machine sharing a database."""
+        return ledger_now if self._clock is None else self._clock()
 
 
 def _until_room(ledger: _Ledger, excess: float, now: float) -> float:

@@ -162,7 +162,8 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         alias="RATE_BUDGET_SHARE",
         description="Share of the exchange's declared request-weight budget that all tradebeat processes "
-        "together may use (shared through rate-budget-<host>.json beside DB_PATH; heartbeats first).",
+        "together may use (shared through rate-budget-<host>.json beside DB_PATH, or the store's "
+        "database when DATABASE_URL is set; heartbeats first).",
     )
     symbols: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
@@ -180,9 +181,9 @@ class Settings(BaseSettings):
         ge=1,
         le=65535,
         alias="CHARTS_PORT",
-        description="Port on 127.0.0.1 where `tradebeat dev` and `tradebeat demo` serve CHARTS_DIR read-only: "
-        "the Dagster UI's chart link and thumbnail point there (a browser will not open file:// links "
-        "from a web page).",
+        description="Port on 127.0.0.1 where `tradebeat dev` and `tradebeat demo` serve CHARTS_DIR "
+        "read-only: the Dagster UI's chart link and thumbnail point there (a browser will not open "
+        "file:// links from a web page).",
     )
     chart_days: int = Field(
         30,

@@ -5,18 +5,13 @@ Nothing here is a mock: ccxt talks HTTP to the sandbox, the store writes a real 
 recorded in a real Dagster instance. Only the exchange's clock is set by hand.
 """
 
+import contextlib
 import gzip
 import hashlib
-import os
 import shutil
-import socket
 import sqlite3
-import subprocess
-import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -39,6 +34,11 @@ from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.sandbox.market_data import historical_markets
 from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
+from tradebeat_pipeline_tests.pg_cluster import ClusterUnavailable, fresh_database, running_cluster
+
+# Tests import these from here (the server start-up itself is pg_cluster.py's).
+from tradebeat_pipeline_tests.pg_cluster import PostgresServer as PostgresServer
+from tradebeat_pipeline_tests.pg_cluster import free_port as free_port
 
 T = TypeVar("T")
 
@@ -184,86 +184,22 @@ def database_checksum(db_path: Path) -> str:
 
 # -- a real PostgreSQL server -------------------------------------------------------------------
 
-PG_LIB = Path("/usr/lib/postgresql")  # Debian's postgresql package: <version>/bin, not on PATH
-
-
-@dataclass(frozen=True)
-class PostgresServer:
-    """A throwaway cluster on 127.0.0.1 with trust authentication for its one superuser."""
-
-    port: int
-    user: str = "tradebeat"
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
-
-
-def _pg_tool(name: str) -> str:
-    installed = sorted(
-        PG_LIB.glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0
-    )
-    found = shutil.which(name) or (str(installed[-1]) if installed else None)
-    if found is None:
-        pytest.fail(f"PostgreSQL's {name} is not installed (Debian: apt-get install postgresql)", False)
-    return found
-
-
-def free_port() -> int:
-    """A port nothing on 127.0.0.1 listens on now, for a server a test starts."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """initdb + pg_ctl start in a temporary folder, as the unprivileged `postgres` user when run as
-    root (PostgreSQL refuses to run as root). Durability is switched off: tests never crash it. A
-    server that cannot start fails the tests that need it, with initdb's or the server's own words."""
-    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
-    root = Path(tempfile.mkdtemp(prefix="tradebeat-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, log = root / "data", root / "server.log"
-    server = PostgresServer(free_port())
-    options = f"-h 127.0.0.1 -p {server.port} -k {root} -F -c synchronous_commit=off -c full_page_writes=off"
-    steps = [
-        [initdb, "-D", str(data), "-A", "trust", "-U", server.user, "-E", "UTF8", "--no-sync"],
-        [pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "120", "start"],
-    ]
-    try:
-        for step in steps:
-            done = subprocess.run([*as_user, *step], cwd=root, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                tail = log.read_text()[-2000:] if log.exists() else ""
-                pytest.fail(
-                    f"the PostgreSQL test server could not start: {Path(step[0]).name} exited with "
-                    f"{done.returncode}: {done.stderr.strip()[-2000:]} {tail}",
-                    pytrace=False,
-                )
+    """A throwaway cluster (pg_cluster.py: initdb + pg_ctl in a temporary folder, as `postgres` when
+    run as root, durability off). A server that cannot start fails the tests that need it, with
+    initdb's or the server's own words; it never skips them."""
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_cluster())
+        except ClusterUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
         yield server
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run(
-                [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
-                cwd=root,
-                capture_output=True,
-                check=False,
-            )
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     """A fresh, empty database on the session's server, dropped after the test."""
-    import psycopg
-    from psycopg import sql
-
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server.url(), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield postgres_server.url(name)
-    with psycopg.connect(postgres_server.url(), autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with fresh_database(postgres_server) as url:
+        yield url

@@ -1,11 +1,15 @@
 """The shared request-weight budget: what every process together may spend, and who goes first.
 
-Two `WeightBudget`s on one ledger file stand for two processes (each call opens and locks the file
-anew, exactly as separate processes do), with the clock set by hand. The last tests run real
-processes with the ccxt client against the sandbox, which measures what it was sent.
+Every rule is tested on both ledgers a deployment may share: the file beside the SQLite database and
+the row in the PostgreSQL store's database (a real server). Two `WeightBudget`s on one ledger stand
+for two processes (each call locks the ledger anew, exactly as separate processes do), with the clock
+set by hand. The last tests run real processes with the ccxt client against the sandbox, which
+measures what it was sent.
 """
 
+import asyncio
 import bisect
+import contextlib
 import itertools
 import json
 import random
@@ -16,19 +20,34 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
+import time_machine
 
 from tradebeat_pipeline.budget import (
     BEAT_RESERVE,
     BEAT_WAIT_LEASE_S,
     WINDOW_S,
     BudgetUnavailable,
+    FileLedger,
     Lane,
+    SharedLedger,
     WeightBudget,
+    ledger_host,
     ledger_path,
+    read_ledger,
+    shared_ledger,
 )
 from tradebeat_pipeline.sandbox.server import SandboxServer
+from tradebeat_pipeline.settings import Settings
+from tradebeat_pipeline.store import open_store
+from tradebeat_pipeline.store.budget_ledger import PostgresLedger
+from tradebeat_pipeline.store.postgres import BUDGET_TABLE
 from tradebeat_pipeline_tests.conftest import fresh_sandbox, ms
+from tradebeat_pipeline_tests.pg_cluster import PostgresServer, fresh_database
+
+LEDGERS = ["file", "postgres"]
+API_URL = "http://127.0.0.1:8765"
 
 
 class Clock:
@@ -44,17 +63,41 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Path:
-    return ledger_path(tmp_path / "tradebeat.sqlite", "http://127.0.0.1:8765")
+def ledger_of(kind: str, where: str, api_url: str = API_URL) -> SharedLedger:
+    """The ledger a deployment with this store shares: beside the SQLite file, or in the database."""
+    if kind == "file":
+        return FileLedger(ledger_path(Path(where), api_url))
+    return PostgresLedger(where, ledger_host(api_url))
 
 
-def budget(ledger: Path, clock: Clock, lane: Lane = Lane.BULK, per_minute: float = 100) -> WeightBudget:
+@pytest.fixture(params=LEDGERS)
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> SharedLedger:
+    if request.param == "file":
+        return ledger_of("file", str(tmp_path / "tradebeat.sqlite"))
+    return ledger_of("postgres", request.getfixturevalue("postgres_url"))
+
+
+def budget(
+    ledger: SharedLedger, clock: Clock | None, lane: Lane = Lane.BULK, per_minute: float = 100
+) -> WeightBudget:
     return WeightBudget(ledger, per_minute, lane, clock=clock)
 
 
+def overwrite(ledger: SharedLedger, raw: bytes) -> None:
+    """Put bytes in the ledger behind the budget's back, as a crash (file) or a hand edit (row) might."""
+    if isinstance(ledger, FileLedger):
+        ledger.path.write_bytes(raw)
+        return
+    assert isinstance(ledger, PostgresLedger)
+    WeightBudget(ledger, 100, Lane.BULK).use()  # nothing stored yet: reading creates nothing ...
+    assert not ledger.exists()
+    WeightBudget(ledger, 100, Lane.BULK).declare(100)  # ... a write creates the table and the row
+    with psycopg.connect(ledger.url, autocommit=True) as db:
+        db.execute(f"UPDATE {BUDGET_TABLE} SET ledger = %s WHERE host = %s", (raw.decode(), ledger.host))
+
+
 def test_a_process_spends_up_to_its_lane_then_waits_for_its_oldest_weight_to_leave_the_window(
-    ledger: Path, clock: Clock
+    ledger: SharedLedger, clock: Clock
 ) -> None:
     bulk = budget(ledger, clock)  # bulk lane: 80 of 100
     assert [bulk.take(20) for _ in range(4)] == [0.0] * 4
@@ -64,7 +107,9 @@ def test_a_process_spends_up_to_its_lane_then_waits_for_its_oldest_weight_to_lea
     assert bulk.take(2) == 0.0
 
 
-def test_two_processes_sharing_the_ledger_stay_within_one_budget_together(ledger: Path, clock: Clock) -> None:
+def test_two_processes_sharing_the_ledger_stay_within_one_budget_together(
+    ledger: SharedLedger, clock: Clock
+) -> None:
     first, second = budget(ledger, clock), budget(ledger, clock)
     assert first.take(50) == 0.0
     assert second.take(30) == 0.0
@@ -74,7 +119,7 @@ def test_two_processes_sharing_the_ledger_stay_within_one_budget_together(ledger
     assert (use.beat, use.bulk) == (0, 80)
 
 
-def test_backfills_leave_the_beat_reserve_free_for_the_heartbeat(ledger: Path, clock: Clock) -> None:
+def test_backfills_leave_the_beat_reserve_free_for_the_heartbeat(ledger: SharedLedger, clock: Clock) -> None:
     backfill, beat = budget(ledger, clock), budget(ledger, clock, Lane.BEAT)
     assert backfill.take(80) == 0.0
     assert backfill.take(1) > 0
@@ -83,7 +128,9 @@ def test_backfills_leave_the_beat_reserve_free_for_the_heartbeat(ledger: Path, c
     assert beat.refusals == {"window full": 1}
 
 
-def test_a_waiting_beat_holds_backfills_back_although_their_lane_has_room(ledger: Path, clock: Clock) -> None:
+def test_a_waiting_beat_holds_backfills_back_although_their_lane_has_room(
+    ledger: SharedLedger, clock: Clock
+) -> None:
     backfill, beat = budget(ledger, clock), budget(ledger, clock, Lane.BEAT)
     assert beat.take(90) == 0.0
     wait = beat.take(20)  # the beat now waits for room ...
@@ -93,7 +140,7 @@ def test_a_waiting_beat_holds_backfills_back_although_their_lane_has_room(ledger
 
 
 def test_a_beat_whose_run_died_holds_backfills_back_no_longer_than_a_window_and_its_lease(
-    ledger: Path, clock: Clock
+    ledger: SharedLedger, clock: Clock
 ) -> None:
     backfill, beat = budget(ledger, clock), budget(ledger, clock, Lane.BEAT)
     assert beat.take(90) == 0.0
@@ -102,7 +149,9 @@ def test_a_beat_whose_run_died_holds_backfills_back_no_longer_than_a_window_and_
     assert backfill.take(1) == 0.0
 
 
-def test_retry_after_pauses_every_process_and_lane_sharing_the_ledger(ledger: Path, clock: Clock) -> None:
+def test_retry_after_pauses_every_process_and_lane_sharing_the_ledger(
+    ledger: SharedLedger, clock: Clock
+) -> None:
     backfill, beat = budget(ledger, clock), budget(ledger, clock, Lane.BEAT)
     beat.pause(2.0)
     assert backfill.use().paused_for_s == pytest.approx(2.0)
@@ -113,7 +162,7 @@ def test_retry_after_pauses_every_process_and_lane_sharing_the_ledger(ledger: Pa
 
 
 def test_the_budget_one_process_learned_from_the_exchange_binds_processes_that_have_not_asked_yet(
-    ledger: Path, clock: Clock
+    ledger: SharedLedger, clock: Clock
 ) -> None:
     budget(ledger, clock, per_minute=3000).declare(50)  # the exchange declared less than Binance's
     newcomer = budget(ledger, clock, per_minute=3000)
@@ -122,15 +171,15 @@ def test_the_budget_one_process_learned_from_the_exchange_binds_processes_that_h
 
 
 def test_a_request_heavier_than_the_whole_lane_still_goes_through_an_empty_window(
-    ledger: Path, clock: Clock
+    ledger: SharedLedger, clock: Clock
 ) -> None:
     assert budget(ledger, clock, per_minute=10).take(20) == 0.0
 
 
 def test_an_unreadable_ledger_starts_a_new_window_instead_of_stopping_every_request(
-    ledger: Path, clock: Clock
+    ledger: SharedLedger, clock: Clock
 ) -> None:
-    ledger.write_bytes(b'{"spent": {"17')  # what a crash between truncate and write leaves
+    overwrite(ledger, b'{"spent": {"17')  # what a crash between truncate and write leaves
     assert budget(ledger, clock).take(5) == 0.0
     assert budget(ledger, clock).use().bulk == 5
 
@@ -139,15 +188,146 @@ def test_a_ledger_that_cannot_be_opened_is_an_error_naming_it(tmp_path: Path, cl
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     with pytest.raises(BudgetUnavailable, match=r"cannot open the shared rate budget .*a-file"):
-        budget(ledger_path(blocked / "tradebeat.sqlite", "https://api.binance.com"), clock).take(1)
+        budget(FileLedger(ledger_path(blocked / "tradebeat.sqlite", "https://api.binance.com")), clock).take(
+            1
+        )
 
 
-def test_the_ledger_file_name_cannot_be_steered_out_of_its_directory_by_the_host(tmp_path: Path) -> None:
-    assert ledger_path(tmp_path / "tradebeat.sqlite", "http://..%2F..%2Fetc:80/").parent == tmp_path
+def test_a_database_ledger_that_cannot_be_reached_is_an_error_naming_it_without_the_password(
+    postgres_server: PostgresServer, clock: Clock
+) -> None:
+    url = postgres_server.url("no_such_database").replace("tradebeat@", "tradebeat:s3cret-pw@")
+    ledger = PostgresLedger(url, "api.binance.com")
+    with pytest.raises(BudgetUnavailable, match="no_such_database") as raised:
+        budget(ledger, clock).take(1)
+    assert "s3cret-pw" not in str(raised.value) and "s3cret-pw" not in repr(ledger)
+
+
+def test_the_database_ledger_refuses_another_applications_database_and_writes_nothing(
+    postgres_url: str, clock: Clock
+) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("CREATE TABLE invoices (id integer)")
+    with pytest.raises(BudgetUnavailable, match="another application"):
+        budget(ledger_of("postgres", postgres_url), clock).take(1)
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        assert db.execute("SELECT to_regclass(%s)", (BUDGET_TABLE,)).fetchone() == (None,)
+
+
+@pytest.mark.parametrize("first", ["ledger", "store"])
+def test_the_ledger_and_the_store_share_one_database_whichever_comes_first(
+    postgres_url: str, clock: Clock, first: str
+) -> None:
+    ledger = ledger_of("postgres", postgres_url)
+    with open_store(Path("unused"), database_url=postgres_url) as store:
+        if first == "store":
+            store.register_symbol("BTC/USDT")
+            assert budget(ledger, clock).take(3) == 0.0
+        else:
+            assert budget(ledger, clock).take(3) == 0.0
+            store.register_symbol("BTC/USDT")
+        assert [s.symbol for s in store.list_symbols()] == ["BTC/USDT"]
+    assert budget(ledger, clock).use().bulk == 3
+
+
+def test_machines_whose_clocks_disagree_count_the_same_seconds_on_the_database_ledger(
+    postgres_url: str,
+) -> None:
+    """No clock is given: the server's is the one clock. A machine 70 s behind must not make a
+    second machine believe the weight it spent has already left the window."""
+    ledger = ledger_of("postgres", postgres_url)
+    with time_machine.travel(time.time() - 70, tick=True):
+        assert budget(ledger, None).take(80) == 0.0
+    assert budget(ledger, None).take(1) > 0
+
+
+def test_status_reads_the_ledger_of_the_store_the_settings_name(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    for kind in LEDGERS:
+        values = {"DB_PATH": str(tmp_path / kind / "tradebeat.sqlite")}
+        if kind == "postgres":
+            values["DATABASE_URL"] = request.getfixturevalue("postgres_url")
+        settings = Settings.from_mapping(values)
+        ledger = shared_ledger(settings, API_URL)
+        assert str(ledger) == str(ledger_of(kind, values.get("DATABASE_URL", values["DB_PATH"])))
+        assert read_ledger(settings, API_URL) is None  # no request sent yet
+        WeightBudget(ledger, 100, Lane.BEAT).take(7)
+        use = read_ledger(settings, API_URL)
+        assert use is not None and (use.beat, use.bulk) == (7, 0), kind
+
+
+@pytest.mark.parametrize("kind", LEDGERS)
+def test_the_exchange_resource_shares_the_ledger_of_the_store_the_settings_name(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    from tradebeat_pipeline.defs.resources import ExchangeResource
+
+    monkeypatch.setenv("TRADEBEAT_ENV_FILE", str(tmp_path / "none.env"))
+    monkeypatch.setenv("DB_PATH", str(tmp_path / "tradebeat.sqlite"))
+    monkeypatch.setenv("BINANCE_API_URL", API_URL)
+    where = str(tmp_path / "tradebeat.sqlite")
+    if kind == "postgres":
+        where = request.getfixturevalue("postgres_url")
+        monkeypatch.setenv("DATABASE_URL", where)
+    else:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+
+    async def opened() -> str:
+        exchange = ExchangeResource().open()
+        await exchange.close()
+        return str(exchange.budget.ledger)
+
+    assert asyncio.run(opened()) == str(ledger_of(kind, where))
+
+
+# A process of its own using the ledger: `take N` takes weight 1 N times from a window with room for
+# all, `pause S` passes on an exchange's Retry-After of S seconds.
+CHILD = """
+import sys
+from pathlib import Path
+from tradebeat_pipeline.budget import Lane, WeightBudget
+from tradebeat_pipeline.store.budget_ledger import PostgresLedger
+kind, where, host, action, amount = sys.argv[1:]
+budget = WeightBudget(Path(where) if kind == "file" else PostgresLedger(where, host), 10**9, Lane.BULK)
+if action == "take":
+    assert all(budget.take(1) == 0.0 for _ in range(int(amount)))
+else:
+    budget.pause(float(amount))
+"""
+
+
+def child(ledger: SharedLedger, action: str, amount: float) -> "subprocess.Popen[str]":
+    if isinstance(ledger, FileLedger):
+        kind, where, host = "file", str(ledger.path), ""
+    else:
+        assert isinstance(ledger, PostgresLedger)
+        kind, where, host = "postgres", ledger.url, ledger.host
+    argv = [sys.executable, "-c", CHILD, kind, where, host, action, str(amount)]
+    return subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+
+
+def finished(*processes: "subprocess.Popen[str]") -> None:
+    for process in processes:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err[-2000:]
+
+
+def test_processes_taking_weight_at_the_same_moments_lose_none_of_it(ledger: SharedLedger) -> None:
+    """Real processes read, add to and rewrite the ledger at once: under its lock every take
+    survives; without it, concurrent rewrites would drop some."""
+    finished(*[child(ledger, "take", 150) for _ in range(4)])
+    assert budget(ledger, None).use().bulk == 4 * 150
+
+
+def test_a_retry_after_one_process_received_pauses_another_process(ledger: SharedLedger) -> None:
+    finished(child(ledger, "pause", 30))
+    waited = budget(ledger, None, Lane.BEAT).take(1)
+    assert 20 < waited <= 30
 
 
 def test_no_sixty_seconds_ever_hold_more_than_the_budget_whoever_asks_and_whenever(
-    ledger: Path, clock: Clock
+    ledger: SharedLedger, clock: Clock
 ) -> None:
     """Three processes (a beat, two backfills) asking at random moments for 20 simulated minutes."""
     rng = random.Random(7)
@@ -171,12 +351,16 @@ def test_no_sixty_seconds_ever_hold_more_than_the_budget_whoever_asks_and_whenev
 FETCHER = """
 import asyncio, json, sys
 from pathlib import Path
-from tradebeat_pipeline.budget import Lane
+from tradebeat_pipeline.budget import FileLedger, Lane, ledger_host
 from tradebeat_pipeline.exchange.ccxt_client import CcxtExchange
+from tradebeat_pipeline.store.budget_ledger import PostgresLedger
 
-url, ledger, lane, symbol, start, pages = sys.argv[1:]
+url, kind, where, lane, symbol, start, pages = sys.argv[1:]
 async def go():
-    async with CcxtExchange(api_url=url, budget_path=Path(ledger), lane=Lane(lane), backoff_s=0.01) as ex:
+    async with CcxtExchange(api_url=url, lane=Lane(lane), backoff_s=0.01) as ex:
+        # as ExchangeResource does: the deployment's ledger, the file or the store's database
+        shared = FileLedger(Path(where)) if kind == "file" else PostgresLedger(where, ledger_host(url))
+        ex.budget.ledger = shared
         result = await ex.fetch_candles(symbol, int(start), int(start) + int(pages) * 1000 * 60_000)
         return {"candles": len(result.candles), "refusals": dict(ex.budget.refusals)}
 print(json.dumps(asyncio.run(go())))
@@ -197,20 +381,32 @@ class SharedRun:
     results: dict[str, dict[str, object]]
 
 
-def _fetcher(url: str, ledger: Path, lane: Lane, symbol: str, pages: int) -> "subprocess.Popen[str]":
-    argv = [sys.executable, "-c", FETCHER, url, str(ledger), lane, symbol, str(START), str(pages)]
+def _fetcher(
+    url: str, ledger: tuple[str, str], lane: Lane, symbol: str, pages: int
+) -> "subprocess.Popen[str]":
+    argv = [sys.executable, "-c", FETCHER, url, *ledger, lane, symbol, str(START), str(pages)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=LEDGERS)
 def shared_run(
-    sandbox_server: SandboxServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, sandbox_server: SandboxServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SharedRun]:
     """Two backfill processes and, once they have filled their lane, a heartbeat process, all
-    sharing one ledger, against a sandbox declaring a small budget."""
+    sharing one ledger (the file, or the store's database), against a sandbox declaring a small budget."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "file":
+            where = str(
+                ledger_path(tmp_path_factory.mktemp("budget") / "tradebeat.sqlite", sandbox_server.url)
+            )
+        else:
+            where = stack.enter_context(fresh_database(request.getfixturevalue("postgres_server")))
+        yield from _shared_run(sandbox_server, (request.param, where))
+
+
+def _shared_run(sandbox_server: SandboxServer, ledger: tuple[str, str]) -> Iterator[SharedRun]:
     sandbox = fresh_sandbox(sandbox_server)
     limit_before, sandbox.weight_limit = sandbox.weight_limit, EXCHANGE_LIMIT
-    ledger = ledger_path(tmp_path_factory.mktemp("budget") / "tradebeat.sqlite", sandbox_server.url)
     processes: dict[str, subprocess.Popen[str]] = {}
     try:
         for symbol in ("S001/USDT", "S002/USDT"):

@@ -1,6 +1,14 @@
 """The whole system live: a real `dagster-daemon` runs the heartbeat and the symbols sensor against the
 sandbox exchange replaying recorded candles on the wall clock. Slow by nature (it waits for real
 minutes to close), so marked `slow`; CI runs it.
+
+The heartbeat and the onboarding backfill run on two setups: `sqlite` (dagster_home/dagster.yaml, the
+store and the rate budget in files, the code loaded by the daemon itself) and `postgres`, the
+deployment of deploy/: deploy/dagster.yaml (instance on a real PostgreSQL server), the store and the
+rate budget in a database of the same server (DATABASE_URL), and the code location served by a
+`dagster code-server` that the daemon reaches through deploy/workspace.yaml. Its one change:
+DockerRunLauncher is swapped for Dagster's default launcher (runs as processes of the code server),
+since no Docker daemon runs here.
 """
 
 import contextlib
@@ -17,8 +25,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
+import psycopg
 import pytest
 import time_machine
+import yaml
 
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.defs.partitions import beat_minute_of
@@ -27,6 +37,7 @@ from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
 from tradebeat_pipeline.timewindows import DAY_MS
 from tradebeat_pipeline_tests.conftest import stored_rows, wait_for
+from tradebeat_pipeline_tests.pg_cluster import PostgresServer, free_port, fresh_database
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +45,15 @@ SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
 BUFFER_S = 3.0
 MIN = 60_000
 T = TypeVar("T")
+DEPLOY = PROJECT_DIR / "deploy"
+# The heartbeat and the onboarding backfill run on both setups; the rest on the embedded one.
+ON_BOTH = pytest.mark.parametrize("live", ["sqlite", "postgres"], indirect=True)
+EMBEDDED = pytest.mark.parametrize("live", ["sqlite"], indirect=True)
+CODE = ["-m", "tradebeat_pipeline.definitions", "--location-name", "tradebeat"]  # as compose's `code`
+
+
+def dagster_tool(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
 
 
 @dataclass
@@ -42,16 +62,39 @@ class LiveSystem:
     db: Path
     env: dict[str, str]
     sandbox: Sandbox
+    workspace: Path = PROJECT_DIR / "workspace.yaml"
+    database_url: str | None = None  # the store on PostgreSQL, else the SQLite file `db`
     daemon: "subprocess.Popen[bytes] | None" = None
+    code_server: "subprocess.Popen[bytes] | None" = None
+
+    def start_code_server(self, port: int) -> None:
+        """The code location as deploy/docker-compose.yml's `code` service serves it, on 127.0.0.1."""
+        self.code_server = subprocess.Popen(
+            [dagster_tool("dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port), *CODE],
+            env=self.env,
+            cwd=self.home,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.home / "code-server.log").open("ab"),
+        )
+        health = [dagster_tool("dagster"), "api", "grpc-health-check", "-h", "127.0.0.1", "-p", str(port)]
+        wait_for(
+            "the code server to serve",
+            lambda: subprocess.run(health, env=self.env, capture_output=True, check=False).returncode == 0,
+            timeout_s=180,
+            poll_s=1,
+        )
+
+    def stop_code_server(self) -> None:
+        server, self.code_server = self.code_server, None
+        if server is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)  # with the runs it started
+            server.wait(timeout=60)
 
     def start_daemon(self) -> None:
         self.daemon = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("dagster-daemon")),
-                "run",
-                "-w",
-                str(PROJECT_DIR / "workspace.yaml"),
-            ],
+            [dagster_tool("dagster-daemon"), "run", "-w", str(self.workspace)],
             env=self.env,
             cwd=self.home,
             start_new_session=True,
@@ -81,7 +124,17 @@ class LiveSystem:
             return [r.dagster_run for r in instance.get_run_records(filters=filters)]
 
     def rows(self, symbol: str) -> dict[int, tuple[float, ...]]:
-        found = stored_rows(self.db, symbol, "timestamp, open, high, low, close, volume, ingested_at")
+        """Stored candles by open time, read with plain SQL (the test's own view of the database)."""
+        columns = "timestamp, open, high, low, close, volume, ingested_at"
+        if self.database_url is None:
+            found = stored_rows(self.db, symbol, columns)
+        else:
+            with psycopg.connect(self.database_url) as db:
+                found = db.execute(
+                    f"SELECT {columns} FROM price_data JOIN symbols ON symbols.id = symbol_id "
+                    "WHERE symbol = %s ORDER BY timestamp",
+                    (symbol,),
+                ).fetchall()
         return {r[0]: tuple(r[1:]) for r in found}
 
 
@@ -89,15 +142,31 @@ def at_least(count: int, runs: list[dg.DagsterRun]) -> list[dg.DagsterRun] | Non
     return runs if len(runs) >= count else None
 
 
+def deployment_instance(home: Path, server: PostgresServer, database_url: str) -> dict[str, str]:
+    """deploy/dagster.yaml in `home` with its one change for a machine without Docker (the default
+    run launcher), and the variables it reads, pointing at `database_url` on `server`."""
+    config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    del config["run_launcher"]  # DockerRunLauncher needs a Docker daemon
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return {
+        "DAGSTER_PG_USERNAME": server.user,
+        "DAGSTER_PG_PASSWORD": "unused-trust-auth",
+        "DAGSTER_PG_HOSTNAME": server.host,
+        "DAGSTER_PG_PORT": str(server.port),
+        "DAGSTER_PG_DB": database_url.rsplit("/", 1)[1],
+    }
+
+
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSystem]:
-    work = tmp_path_factory.mktemp("live")
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSystem]:
+    setup = str(request.param)
+    work = tmp_path_factory.mktemp(f"live-{setup}")
     home = work / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT_DIR / "dagster_home" / "dagster.yaml", home)
     now = int(time.time() * 1000)
     sandbox = Sandbox(replay_markets(now - now % DAY_MS - 30 * DAY_MS), Clock())
-    with SandboxServer(sandbox) as server:
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(SandboxServer(sandbox))
         env = {
             **os.environ,
             "DAGSTER_HOME": str(home),
@@ -108,16 +177,34 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSystem]:
             "BACKFILL_MINUTES": "60",
             "LOG_DIR": str(work / "logs"),
         }
-        env.pop("SYMBOLS", None)
+        for name in ("SYMBOLS", "DATABASE_URL"):
+            env.pop(name, None)
+        system = LiveSystem(home, work / "live.sqlite", env, sandbox)
+        if setup == "sqlite":
+            shutil.copy(PROJECT_DIR / "dagster_home" / "dagster.yaml", home)
+        else:
+            postgres: PostgresServer = request.getfixturevalue("postgres_server")
+            instance_db = stack.enter_context(fresh_database(postgres, "dagster"))
+            system.database_url = stack.enter_context(fresh_database(postgres, "store"))
+            code_port = free_port()
+            env |= deployment_instance(home, postgres, instance_db)
+            env |= {
+                "DATABASE_URL": system.database_url,
+                "DAGSTER_CODE_SERVER_HOST": "127.0.0.1",
+                "DAGSTER_CODE_SERVER_PORT": str(code_port),
+            }
+            system.workspace = DEPLOY / "workspace.yaml"
         saved = dict(os.environ)
         os.environ.update(env)
-        system = LiveSystem(home, work / "live.sqlite", env, sandbox)
         try:
             assert main(["symbols", "add", *SYMBOLS]) == 0
+            if setup == "postgres":
+                system.start_code_server(code_port)
             system.start_daemon()
             yield system
         finally:
             system.stop_daemon(everything=True)
+            system.stop_code_server()
             os.environ.clear()
             os.environ.update(saved)
 
@@ -130,6 +217,7 @@ def final_values(sandbox: Sandbox, symbol: str, minute: int) -> tuple[float, ...
     return tuple(float(str(v)) for v in rows[0][1:6]) if rows else None
 
 
+@ON_BOTH
 def test_every_beat_is_one_run_that_stores_each_closed_minute_with_final_values(live: LiveSystem) -> None:
     beats = wait_for(
         "two successful heartbeat runs",
@@ -161,6 +249,7 @@ def test_every_beat_is_one_run_that_stores_each_closed_minute_with_final_values(
             assert ingested_at - (minute + MIN) <= (BUFFER_S + 10) * 1000
 
 
+@ON_BOTH
 def test_symbols_added_together_get_their_history_in_one_automatic_backfill_run(live: LiveSystem) -> None:
     (run,) = wait_for(
         "the onboarding backfill",
@@ -192,6 +281,7 @@ def recent_beat(live: LiveSystem) -> list[dg.DagsterRun] | None:
     return [r for r in beats if now - beat_minute_of(r.tags) <= 3 * MIN] or None
 
 
+@EMBEDDED
 def test_status_is_healthy_while_the_daemon_beats(
     live: LiveSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -203,6 +293,7 @@ def test_status_is_healthy_while_the_daemon_beats(
     assert all(s["lag_minutes"] <= 2 and s["candles_today"] > 0 for s in report["symbols"])
 
 
+@EMBEDDED
 def test_status_is_degraded_when_symbols_fall_behind_the_freshness_limit(
     live: LiveSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -214,6 +305,7 @@ def test_status_is_degraded_when_symbols_fall_behind_the_freshness_limit(
     assert all("min behind (limit 2)" in reason for reason in report["reasons"])
 
 
+@EMBEDDED
 def test_status_is_down_when_no_beat_ran_for_five_minutes(
     live: LiveSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -223,6 +315,7 @@ def test_status_is_down_when_no_beat_ran_for_five_minutes(
     assert any("no heartbeat run for" in reason for reason in report["reasons"])
 
 
+@EMBEDDED
 def test_minutes_missed_while_the_daemon_was_down_are_filled_by_the_next_beat(live: LiveSystem) -> None:
     wait_for(
         "a first beat", lambda: live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS), timeout_s=300, poll_s=1

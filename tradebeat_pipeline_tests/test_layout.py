@@ -26,6 +26,7 @@ PURE_MODULES = (
     "tradebeat_pipeline.store.sqlite",
     "tradebeat_pipeline.store.postgres",
     "tradebeat_pipeline.store.common",
+    "tradebeat_pipeline.store.budget_ledger",
     "tradebeat_pipeline.ingest",
     "tradebeat_pipeline.timewindows",
     "tradebeat_pipeline.quality",

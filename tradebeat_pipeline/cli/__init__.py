@@ -294,11 +294,8 @@ def _service_commands(commands: Subcommands) -> None:
         "demo:demo",
         help="run everything offline: sandbox exchange (live replay) + Dagster UI and daemon",
     )
-    demo.add_argument("--port", type=int, default=3000, help="Dagster UI port (127.0.0.1)")
+    _ui_arguments(demo)
     demo.add_argument("--exchange-port", type=int, default=18081, help="sandbox exchange port")
-    demo.add_argument(
-        "--charts-port", type=int, default=None, help="port serving the chart pages (default CHARTS_PORT)"
-    )
     demo.add_argument("--symbols", default="BTC/USDT,ETH/USDT,SOL/USDT", help="comma-separated")
 
     dev = command(
@@ -307,10 +304,7 @@ def _service_commands(commands: Subcommands) -> None:
         "demo:dev",
         help="run the Dagster UI and daemon for real use: the project's DAGSTER_HOME, charts served",
     )
-    dev.add_argument("--port", type=int, default=3000, help="Dagster UI port (127.0.0.1)")
-    dev.add_argument(
-        "--charts-port", type=int, default=None, help="port serving the chart pages (default CHARTS_PORT)"
-    )
+    _ui_arguments(dev)
 
     sandbox = command(
         commands, "sandbox", "demo:sandbox", _sandbox, help="serve the offline Binance-compatible exchange"
@@ -332,6 +326,14 @@ def _service_commands(commands: Subcommands) -> None:
         default=0,
         metavar="N",
         help="also list N made-up markets S000/USDT.. (for many-symbol benchmarks)",
+    )
+
+
+def _ui_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ports of what `demo` and `dev` serve: the Dagster UI and the chart pages."""
+    parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (127.0.0.1)")
+    parser.add_argument(
+        "--charts-port", type=int, default=None, help="port serving the chart pages (default CHARTS_PORT)"
     )
 
 

@@ -40,7 +40,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
                 )
             ]
             heartbeats = [h.timestamp for h in dagster.get_daemon_heartbeats().values()]
-        budget = read_ledger(settings.db_path, settings.api_url, now_s=now_s)
+        budget = read_ledger(settings, settings.api_url, now_s=now_s)
     except (StoreError, dg.DagsterError, OSError) as exc:
         print(f"tradebeat: UNKNOWN: {exc}", file=sys.stderr)
         return int(health.Health.UNKNOWN)

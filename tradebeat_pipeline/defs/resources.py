@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from tradebeat_pipeline.budget import Lane, ledger_path
+from tradebeat_pipeline.budget import Lane, shared_ledger
 from tradebeat_pipeline.settings import Settings
 from tradebeat_pipeline.store import CandleStore, open_store
 
@@ -40,24 +40,26 @@ class ExchangeResource(dg.ConfigurableResource):
         """A new client; call it inside the event loop that will use it.
 
         Its request weight comes out of the budget every process of this deployment shares (a
-        ledger beside the database); the heartbeat asks in the beat lane, which goes first.
+        ledger in the PostgreSQL store's database when DATABASE_URL is set, else a file beside the
+        SQLite database); the heartbeat asks in the beat lane, which goes first.
         """
         from tradebeat_pipeline.exchange.ccxt_client import CcxtExchange
 
         settings = Settings.load()
         api_url = self.api_url or settings.api_url
-        return CcxtExchange(
+        exchange = CcxtExchange(
             api_url=api_url,
             api_key=settings.api_key,
             secret_key=settings.secret_key,
             rate_budget_share=self.rate_budget_share or settings.rate_budget_share,
-            budget_path=ledger_path(settings.db_path, api_url),
             lane=lane,
             timeout_ms=self.timeout_ms or int(settings.timeout_seconds * 1000),
             concurrency=self.concurrency,
             max_attempts=settings.retry_attempts,
             backoff_s=settings.retry_backoff_seconds,
+            budget_path=shared_ledger(settings, api_url),  # the deployment's ledger: file or database
         )
+        return exchange
 
 
 class ArchivesResource(dg.ConfigurableResource):

@@ -29,7 +29,7 @@ from tenacity import (
 )
 
 from tradebeat_pipeline import progress
-from tradebeat_pipeline.budget import Lane, WeightBudget
+from tradebeat_pipeline.budget import Lane, SharedLedger, WeightBudget
 from tradebeat_pipeline.candles import clean_candles
 from tradebeat_pipeline.exchange import (
     ExchangeFailure,
@@ -173,7 +173,7 @@ class CcxtExchange:
         api_key: str | SecretStr | None = None,
         secret_key: str | SecretStr | None = None,
         rate_budget_share: float = default("rate_budget_share"),
-        budget_path: Path | None = None,
+        budget_path: Path | SharedLedger | None = None,
         lane: Lane = Lane.BULK,
         timeout_ms: int = round(default("timeout_seconds") * 1000),
         max_attempts: int = default("retry_attempts"),

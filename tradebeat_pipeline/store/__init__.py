@@ -3,7 +3,8 @@ and rollups need from a store, the values it hands back, and its errors.
 
 `CandleStore` is the interface every caller depends on; `sqlite.SQLiteStore` is the embedded
 implementation, `postgres.PostgresStore` the shared one, and `open_store` picks the one the settings
-name (DATABASE_URL set: PostgreSQL). Every line of SQL of the project
+name (DATABASE_URL set: PostgreSQL). `budget_ledger.PostgresLedger` keeps the shared request-weight
+ledger (`budget.SharedLedger`) in the PostgreSQL store's database. Every line of SQL of the project
 lives in this package.
 """
 

@@ -50,6 +50,9 @@ log = logging.getLogger("tradebeat.store")
 
 SCHEMA_VERSION = 1
 VERSION_TABLE = "tradebeat_schema"
+# The shared request-weight ledger's table (budget_ledger.py): tradebeat's too, though outside the
+# versioned schema, since it is created by the first exchange request rather than the first write.
+BUDGET_TABLE = "rate_budget"
 # Any process creating or upgrading the schema holds this transaction-level advisory lock.
 _SCHEMA_LOCK = 0x7472616465  # "trade"
 
@@ -372,7 +375,7 @@ class PostgresStore:
                 )
             }
             if VERSION_TABLE not in tables:
-                if tables:
+                if tables - {BUDGET_TABLE}:
                     raise StoreError(
                         f"{self.where} holds another application's tables ({', '.join(sorted(tables))}); "
                         "point DATABASE_URL at a new, empty database"
@@ -382,7 +385,7 @@ class PostgresStore:
                 conn.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (%s)", (SCHEMA_VERSION,))
                 log.info("%s: created the tradebeat schema, version %d", self.where, SCHEMA_VERSION)
                 return
-            foreign = tables - {*STORE_TABLES, VERSION_TABLE}
+            foreign = tables - {*STORE_TABLES, VERSION_TABLE, BUDGET_TABLE}
             if foreign:
                 raise StoreError(
                     f"{self.where} holds another application's tables ({', '.join(sorted(foreign))}) "
