@@ -250,6 +250,24 @@ def test_every_beat_is_one_run_that_stores_each_closed_minute_with_final_values(
 
 
 @ON_BOTH
+def test_a_beat_is_launched_as_its_minute_closes_without_waiting_in_the_run_queue(live: LiveSystem) -> None:
+    beats = wait_for(
+        "two successful heartbeat runs",
+        lambda: at_least(2, live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS)),
+        timeout_s=300,
+        poll_s=1,
+    )
+    with dg.DagsterInstance.get() as instance:
+        for run in beats:
+            record = instance.get_run_record_by_id(run.run_id)
+            assert record is not None
+            # Created by the tick as its minute closes, not a minute ahead of it.
+            assert record.create_timestamp.timestamp() * 1000 >= beat_minute_of(run.tags) + MIN
+            enqueued = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)
+            assert enqueued.records == [], "a beat with the beat slot free waited in the queue"
+
+
+@ON_BOTH
 def test_symbols_added_together_get_their_history_in_one_automatic_backfill_run(live: LiveSystem) -> None:
     (run,) = wait_for(
         "the onboarding backfill",

@@ -34,6 +34,10 @@ CANCEL_TIMEOUT_S = 15.0
 # A signal this soon after the first is the same stop delivered twice (`kill` of uv's process group
 # reaches this process directly and forwarded by uv; so does Ctrl-C), not a user in a hurry.
 SAME_STOP_S = 2.0
+# The demo's own database, apart from the real one.
+DEMO_DB = PROJECT_DIR / "data" / "demo.sqlite"
+# S000/USDT..S019/USDT: markets the demo's sandbox lists beside the recorded ones, to add from the UI.
+SYNTHETIC_MARKETS = 20
 
 
 def sandbox(args: argparse.Namespace, settings: Settings) -> int:
@@ -68,18 +72,8 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     shutil.copy(DEFAULT_DAGSTER_HOME / "dagster.yaml", home / "dagster.yaml")
     exchange_url = f"http://127.0.0.1:{args.exchange_port}"
     charts_port = settings.charts_port if args.charts_port is None else args.charts_port
-    env = _demo_environment(home, exchange_url, args.symbols, charts_port)
-    sandbox = [
-        sys.executable,
-        "-m",
-        "tradebeat_pipeline.cli",
-        "sandbox",
-        "--replay",
-        "--synthetic-markets",
-        "20",  # S000/USDT..S019/USDT, for adding symbols from the UI
-        "--port",
-        str(args.exchange_port),
-    ]
+    env = demo_environment(home, exchange_url, args.symbols, charts_port)
+    sandbox = replay_sandbox_argv(args.exchange_port)
     banner = (
         f"tradebeat demo: sandbox exchange {exchange_url} (live replay of recorded candles), "
         f"symbols {args.symbols}; Dagster UI on http://127.0.0.1:{args.port} once it has "
@@ -153,12 +147,9 @@ def _supervise(
     try:
         charts = _serve_charts(Path(env["CHARTS_DIR"]), charts_port)
         if sandbox is not None:
-            processes.append(_start(sandbox[0], env, cwd=cwd))
-            _wait_for_port(sandbox[1], processes[-1])
-        dagster = str(Path(sys.executable).with_name("dagster"))
-        workspace = str(PROJECT_DIR / "workspace.yaml")
-        ui = [dagster, "dev", "-w", workspace, "-h", "127.0.0.1", "-p", str(ui_port)]
-        processes.append(_start(ui, env, cwd=cwd, output=subprocess.PIPE))
+            processes.append(start_process(sandbox[0], env, cwd=cwd))
+            wait_for_port(sandbox[1], processes[-1])
+        processes.append(start_process(dagster_dev_argv(ui_port), env, cwd=cwd, output=subprocess.PIPE))
         output = processes[-1].stdout
         assert output is not None
         forwarder = threading.Thread(
@@ -176,7 +167,7 @@ def _supervise(
     finally:
         print(f"{label}: stopping; cancelling the runs in flight", flush=True)
         cancel_runs(home, timeout_s=CANCEL_TIMEOUT_S, hurry=lambda: stopping.hurry, by=label)
-        _stop(processes)
+        stop_processes(processes)
         cancel_runs(home, timeout_s=0, by=label)  # what the processes left unfinished: nothing runs it now
         if charts is not None:
             charts.shutdown()
@@ -290,14 +281,37 @@ def _serve_charts(directory: Path, port: int) -> ThreadingHTTPServer:
         raise Failed(f"cannot serve the charts on 127.0.0.1:{port} ({exc}); try --charts-port") from exc
 
 
-def _demo_environment(home: Path, exchange_url: str, symbols: str, charts_port: int) -> dict[str, str]:
+def replay_sandbox_argv(port: int) -> list[str]:
+    """The demo's sandbox exchange: live replay, with SYNTHETIC_MARKETS made-up markets to add."""
+    return [
+        sys.executable,
+        "-m",
+        "tradebeat_pipeline.cli",
+        "sandbox",
+        "--replay",
+        "--synthetic-markets",
+        str(SYNTHETIC_MARKETS),
+        "--port",
+        str(port),
+    ]
+
+
+def dagster_dev_argv(ui_port: int) -> list[str]:
+    """`dagster dev` on the project's workspace, its UI on 127.0.0.1:`ui_port`."""
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    return [dagster, "dev", "-w", str(PROJECT_DIR / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(ui_port)]
+
+
+def demo_environment(
+    home: Path, exchange_url: str, symbols: str, charts_port: int, db_path: Path = DEMO_DB
+) -> dict[str, str]:
     """Every demo process's environment: its own home, database and charts, the sandbox, no real keys."""
     return {
         **os.environ,
         "CHARTS_DIR": str(home / "charts"),
         "CHARTS_PORT": str(charts_port),
         "DAGSTER_HOME": str(home),
-        "DB_PATH": str(PROJECT_DIR / "data" / "demo.sqlite"),
+        "DB_PATH": str(db_path),
         "BINANCE_API_URL": exchange_url,
         "BINANCE_ARCHIVE_URL": exchange_url,  # the sandbox serves Binance's archive layout too
         "BINANCE_API_KEY": "",  # never send real keys to the sandbox
@@ -307,7 +321,7 @@ def _demo_environment(home: Path, exchange_url: str, symbols: str, charts_port: 
     }
 
 
-def _start(
+def start_process(
     argv: list[str], env: dict[str, str], cwd: Path, output: int | None = None
 ) -> "subprocess.Popen[bytes]":
     # A session of its own, so stopping it reaches every process it started; `output`: where its
@@ -318,7 +332,7 @@ def _start(
     )
 
 
-def _wait_for_port(port: int, process: "subprocess.Popen[bytes]", timeout_s: float = 60) -> None:
+def wait_for_port(port: int, process: "subprocess.Popen[bytes]", timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -330,7 +344,7 @@ def _wait_for_port(port: int, process: "subprocess.Popen[bytes]", timeout_s: flo
     raise Failed(f"the sandbox exchange did not listen on port {port} within {timeout_s:.0f}s")
 
 
-def _stop(processes: list["subprocess.Popen[bytes]"]) -> None:
+def stop_processes(processes: list["subprocess.Popen[bytes]"]) -> None:
     """SIGINT each process group (dagster dev shuts its children down), then SIGKILL stragglers."""
     for process in reversed(processes):
         if process.poll() is None:

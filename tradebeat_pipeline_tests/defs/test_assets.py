@@ -87,8 +87,12 @@ def test_the_chart_page_has_a_title_and_its_size_reads_in_kib(
 
 def test_the_chart_page_renders_in_headless_chromium(outage_day: Path, instance: dg.DagsterInstance) -> None:
     chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (`.ci/run` installs it: apt-get install chromium)")
+    if chromium is None:  # a failure, never a skip: a skipped test proves nothing
+        pytest.fail(
+            "Debian's chromium is not installed; this test renders the chart page in it. "
+            "Fix: apt-get install chromium (`.ci/run` installs it)",
+            pytrace=False,
+        )
     page, _ = chart(instance)
     png = outage_day.parent / "chart.png"
     screenshot(page, png, chromium=chromium, profile_dir=outage_day.parent / "chromium")
