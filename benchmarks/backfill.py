@@ -3,6 +3,7 @@
     uv run python benchmarks/backfill.py [--months 1 12] [--share 1.0] [--no-bookkeeping]
     uv run python benchmarks/backfill.py --full-history   # SYN/USDT 2017-08-17..2025-12-31
     uv run python benchmarks/backfill.py --symbols 20     # 20 symbols x 2 years as one run
+    uv run python benchmarks/backfill.py --store postgres [--full-history]   # SQLite vs PostgreSQL
 
 The sandbox exchange runs in its own process (as a real exchange would be another machine) and
 declares a large REQUEST_WEIGHT budget; both contenders throttle to `--share` of it. Candles are the
@@ -13,6 +14,11 @@ archive files (checksum-verified monthly zips from the sandbox's archive host), 
 the REST API alone, and the bare ccxt loop; it prints the request weight each spent, counted at the
 sandbox. The sandbox builds its archive files before any clock starts (a real archive serves static
 files) and keeps them in a folder under the system's temporary directory for the next run.
+
+`--store postgres` runs every pipeline contender twice in the same run, into a SQLite file and into a
+PostgreSQL database (DATABASE_URL) on a throwaway server started from Debian's binaries with its
+durability on (`pg_cluster.running_cluster(durable=True)`, the tests' own start-up); the Dagster
+instance stays on SQLite in both, so only the candle store differs. The bare loop writes SQLite.
 """
 
 import argparse
@@ -28,7 +34,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -38,11 +47,38 @@ import dagster as dg
 from tradebeat_pipeline import cli
 from tradebeat_pipeline.exchange.binance import parse_klines
 from tradebeat_pipeline.settings import PROJECT_DIR
-from tradebeat_pipeline.store import open_store
+from tradebeat_pipeline.store import CandleStore, open_store
 from tradebeat_pipeline.timewindows import month_key, month_window, months_between
+from tradebeat_pipeline_tests.pg_cluster import PostgresServer, fresh_database, running_cluster
 
 SYMBOL, MARKET_ID = "SYN/USDT", "SYNUSDT"
 LAST_MONTH = date(2025, 12, 1)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The candle store a contender writes: a SQLite file, or a PostgreSQL database when `url`."""
+
+    name: str
+    db_path: Path
+    url: str | None = None
+
+    def env(self) -> dict[str, str]:
+        return {"DB_PATH": str(self.db_path), **({"DATABASE_URL": self.url} if self.url else {})}
+
+    def open(self) -> CandleStore:
+        return open_store(self.db_path, database_url=self.url)
+
+
+@contextmanager
+def targets(work: Path, server: PostgresServer | None) -> Iterator[list[Target]]:
+    """A fresh SQLite file, and a fresh PostgreSQL database when a server is given."""
+    found = [Target("SQLite", work / "p.sqlite")]
+    if server is None:
+        yield found
+        return
+    with fresh_database(server, "bench") as url:
+        yield [*found, Target("PostgreSQL", work / "unused.sqlite", url)]
 
 
 def first_of(months: int) -> date:
@@ -150,7 +186,7 @@ def start_sandbox(port: int, weight_limit: int, synthetic: int = 0) -> subproces
     raise RuntimeError("sandbox did not start")
 
 
-async def bare_loop(url: str, db: Path, start: date, end: date, share: float, weight_limit: int) -> int:
+async def bare_loop(url: str, db: Target, start: date, end: date, share: float, weight_limit: int) -> int:
     """ccxt paging sequentially (since = last open + 1 min) into the same schema, no Dagster."""
     exchange = ccxt.binance({"enableRateLimit": True, "options": {"fetchMarkets": {"types": ["spot"]}}})
     exchange.urls["api"] = {
@@ -161,7 +197,7 @@ async def bare_loop(url: str, db: Path, start: date, end: date, share: float, we
     exchange.init_rest_rate_limiter()
     since, stop = month_window(start)[0], month_window(end)[1]
     total = 0
-    with open_store(db) as store:
+    with db.open() as store:
         store.register_symbol(SYMBOL)
         try:
             while since < stop:
@@ -188,6 +224,7 @@ async def bare_loop(url: str, db: Path, start: date, end: date, share: float, we
 def pipeline(env: dict[str, str], start: date, end: date) -> float:
     """The real `tradebeat backfill` (one Dagster run over the day range), timed after imports as
     the bare loop is."""
+    os.environ.pop("DATABASE_URL", None)  # an earlier contender's store is not this one's
     os.environ.update(env)
     assert cli.main(["symbols", "add", SYMBOL]) == 0
     t = time.perf_counter()
@@ -218,8 +255,8 @@ def run_phases() -> dict[str, float]:
     }
 
 
-def count(db: Path) -> int:
-    with open_store(db) as store:
+def count(db: Target) -> int:
+    with db.open() as store:
         return store.count_candles(SYMBOL)
 
 
@@ -251,14 +288,15 @@ def monthly_paths(market: str, first: date, last: date) -> list[str]:
     ]
 
 
-def pipeline_env(work: Path, url: str, share: float, *, archives: bool) -> dict[str, str]:
-    home = work / "home"
+def pipeline_env(work: Path, url: str, share: float, *, archives: bool, db: Target) -> dict[str, str]:
+    home = work / f"home-{db.name}"
     home.mkdir(exist_ok=True)
     shutil.copy(PROJECT_DIR / "dagster_home" / "dagster.yaml", home)
+    inherited = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     return {
-        **os.environ,
+        **inherited,
+        **db.env(),
         "DAGSTER_HOME": str(home),
-        "DB_PATH": str(work / "p.sqlite"),
         "BINANCE_API_URL": url,
         "BINANCE_ARCHIVE_URL": url if archives else "off",
         "RATE_BUDGET_SHARE": str(share),
@@ -283,47 +321,55 @@ def requests_made(url: str, before: dict[str, object]) -> dict[str, int]:
     return {k: int(v) - int(earlier.get(k, 0)) for k, v in after.items() if int(v) > int(earlier.get(k, 0))}
 
 
-def full_history(url: str, share: float, weight_limit: int, *, archives_only: bool = False) -> None:
-    """SYN/USDT's whole history: pipeline with archives, pipeline REST only, bare ccxt loop."""
+def full_history(
+    url: str, share: float, weight_limit: int, *, archives_only: bool = False, server: PostgresServer | None
+) -> None:
+    """SYN/USDT's whole history: pipeline with archives, pipeline REST only (each into every store),
+    bare ccxt loop."""
     built_s = prebuild(url, monthly_paths(MARKET_ID, HISTORY_START, LAST_MONTH))
     print(f"archive files ready in {built_s:.1f}s (built once, then kept in {SHELF_DIR})")
     expected = (month_window(LAST_MONTH)[1] - ms_of(date(2017, 8, 17))) // 60_000
     print(
-        f"{'contender':<26} {'candles':>9} {'seconds':>8} {'candles/s':>10} {'REST weight':>12} "
-        f"{'archive GETs':>13}"
+        f"{'contender':<26} {'store':<10} {'candles':>9} {'seconds':>8} {'candles/s':>10} "
+        f"{'REST weight':>12} {'archive GETs':>13}"
     )
     notes: list[str] = []
     contenders = (("pipeline, archives", True), ("pipeline, REST only", False))
     for name, archives in contenders[:1] if archives_only else contenders:
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            before = sandbox_stats(url)
-            seconds = pipeline(pipeline_env(work, url, share, archives=archives), HISTORY_START, LAST_MONTH)
-            weight, gets = weight_spent(url, before)
-            requests = requests_made(url, before)
-            n = count(work / "p.sqlite")
-            assert n == expected, (name, n, expected)
-            phases = run_phases()
-        print(f"{name:<26} {n:>9} {seconds:>8.1f} {n / seconds:>10,.0f} {weight:>12} {gets:>13}")
-        notes.append(
-            f"{name}: Dagster planning {phases['planning']:.1f}s, run plan {phases['plan']:.1f}s, "
-            f"fetch + committed write {phases['fetch_write']:.1f}s "
-            f"({n / phases['fetch_write']:,.0f} candles/s), "
-            f"materialization events {phases['events']:.1f}s; REST requests {requests}"
-        )
+        with tempfile.TemporaryDirectory() as tmp, targets(Path(tmp), server) as stores:
+            for db in stores:
+                before = sandbox_stats(url)
+                env = pipeline_env(Path(tmp), url, share, archives=archives, db=db)
+                seconds = pipeline(env, HISTORY_START, LAST_MONTH)
+                weight, gets = weight_spent(url, before)
+                requests = requests_made(url, before)
+                n = count(db)
+                assert n == expected, (name, db.name, n, expected)
+                phases = run_phases()
+                print(
+                    f"{name:<26} {db.name:<10} {n:>9} {seconds:>8.1f} {n / seconds:>10,.0f} {weight:>12} "
+                    f"{gets:>13}",
+                    flush=True,
+                )
+                notes.append(
+                    f"{name}, {db.name}: Dagster planning {phases['planning']:.1f}s, run plan "
+                    f"{phases['plan']:.1f}s, fetch + committed write {phases['fetch_write']:.1f}s "
+                    f"({n / phases['fetch_write']:,.0f} candles/s), "
+                    f"materialization events {phases['events']:.1f}s; REST requests {requests}"
+                )
     if archives_only:
         print("\n".join(notes))
         return
     with tempfile.TemporaryDirectory() as tmp:
         before = sandbox_stats(url)
         t = time.perf_counter()
-        n = asyncio.run(
-            bare_loop(url, Path(tmp) / "bare.sqlite", HISTORY_START, LAST_MONTH, share, weight_limit)
-        )
+        bare = Target("SQLite", Path(tmp) / "bare.sqlite")
+        n = asyncio.run(bare_loop(url, bare, HISTORY_START, LAST_MONTH, share, weight_limit))
         seconds = time.perf_counter() - t
         weight, gets = weight_spent(url, before)
     print(
-        f"{'bare ccxt loop (REST)':<26} {n:>9} {seconds:>8.1f} {n / seconds:>10,.0f} {weight:>12} {gets:>13}"
+        f"{'bare ccxt loop (REST)':<26} {'SQLite':<10} {n:>9} {seconds:>8.1f} {n / seconds:>10,.0f} "
+        f"{weight:>12} {gets:>13}"
     )
     print("\n".join(notes))
 
@@ -337,7 +383,8 @@ def many_symbols(url: str, share: float, symbols: int) -> None:
     print(f"archive files ready in {prebuild(url, paths):.1f}s (built once, then kept in {SHELF_DIR})")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        os.environ.update(pipeline_env(work, url, share, archives=True))
+        db = Target("SQLite", work / "p.sqlite")
+        os.environ.update(pipeline_env(work, url, share, archives=True, db=db))
         with contextlib.redirect_stdout(io.StringIO()):
             assert cli.main(["symbols", "add", *names]) == 0
         before = sandbox_stats(url)
@@ -347,7 +394,7 @@ def many_symbols(url: str, share: float, symbols: int) -> None:
             seconds = time.perf_counter() - t
         assert result.success
         weight, gets = weight_spent(url, before)
-        with open_store(work / "p.sqlite") as store:
+        with db.open() as store:
             n = sum(store.count_candles(s) for s in names)
         phases = run_phases()
     dagster_s = phases["planning"] + phases["events"]
@@ -378,6 +425,12 @@ def main() -> None:
     parser.add_argument("--full-history", action="store_true", help="SYN/USDT 2017-08-17..2025-12-31")
     parser.add_argument("--archives-only", action="store_true", help="--full-history: the archive case only")
     parser.add_argument("--symbols", type=int, help="this many symbols x 2 years as one run")
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="postgres: every pipeline contender into SQLite and into a PostgreSQL server, same run",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the sandbox child process
     parser.add_argument("--synthetic", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -385,73 +438,71 @@ def main() -> None:
         serve_sandbox(args.serve, args.weight_limit, args.synthetic)
         return
 
-    port = free_port()
-    sandbox = start_sandbox(port, args.weight_limit, args.symbols or 0)
-    url = f"http://127.0.0.1:{port}"
-    print(f"sandbox {url}, weight limit {args.weight_limit}/min, budget share {args.share}")
-    if args.full_history or args.symbols:
+    with contextlib.ExitStack() as stack:
+        server = None
+        if args.store == "postgres":
+            server = stack.enter_context(running_cluster(durable=True, prefix="tradebeat-pg-bench-"))
+            print(f"PostgreSQL on 127.0.0.1:{server.port} (durable: fsync and synchronous commit on)")
+        port = free_port()
+        sandbox = start_sandbox(port, args.weight_limit, args.symbols or 0)
+        url = f"http://127.0.0.1:{port}"
+        print(f"sandbox {url}, weight limit {args.weight_limit}/min, budget share {args.share}")
         try:
             if args.full_history:
-                full_history(url, args.share, args.weight_limit, archives_only=args.archives_only)
+                full_history(
+                    url, args.share, args.weight_limit, archives_only=args.archives_only, server=server
+                )
             if args.symbols:
                 many_symbols(url, args.share, args.symbols)
+            if not (args.full_history or args.symbols):
+                by_months(url, args, server)
         finally:
             sandbox.terminate()
             sandbox.wait()
-        return
+
+
+def by_months(url: str, args: argparse.Namespace, server: PostgresServer | None) -> None:
+    """The pipeline (REST only, into each store) against the bare loop over the last N months."""
     print(
-        f"{'months':>6} {'candles':>9} {'bare s':>8} {'bare c/s':>10} {'pipeline s':>11} "
+        f"{'months':>6} {'store':<10} {'candles':>9} {'bare s':>8} {'bare c/s':>10} {'pipeline s':>11} "
         f"{'pipeline c/s':>13} {'ratio':>6}"
     )
     breakdowns: list[str] = []
-    try:
-        for months in args.months:
-            start, end = first_of(months), LAST_MONTH
-            with tempfile.TemporaryDirectory() as tmp:
-                work = Path(tmp)
-                t = time.perf_counter()
-                bare_n = asyncio.run(
-                    bare_loop(url, work / "bare.sqlite", start, end, args.share, args.weight_limit)
-                )
-                bare_s = time.perf_counter() - t
-
-                (work / "home").mkdir()
-                shutil.copy(PROJECT_DIR / "dagster_home" / "dagster.yaml", work / "home")
-                env = {
-                    **os.environ,
-                    "DAGSTER_HOME": str(work / "home"),
-                    "DB_PATH": str(work / "p.sqlite"),
-                    "BINANCE_API_URL": url,
-                    "BINANCE_ARCHIVE_URL": "off",  # REST against REST: the pipeline's own overhead
-                    "RATE_BUDGET_SHARE": str(args.share),
-                    "TRADEBEAT_ENV_FILE": str(work / "none.env"),
-                    "LOG_LEVEL": "WARNING",
-                }
-                home_before = dir_bytes(work / "home")
+    for months in args.months:
+        start, end = first_of(months), LAST_MONTH
+        with tempfile.TemporaryDirectory() as tmp, targets(Path(tmp), server) as stores:
+            work = Path(tmp)
+            t = time.perf_counter()
+            bare = Target("SQLite", work / "bare.sqlite")
+            bare_n = asyncio.run(bare_loop(url, bare, start, end, args.share, args.weight_limit))
+            bare_s = time.perf_counter() - t
+            for db in stores:
+                # REST against REST: the pipeline's own overhead.
+                env = pipeline_env(work, url, args.share, archives=False, db=db)
+                home = Path(env["DAGSTER_HOME"])
+                home_before = dir_bytes(home)
                 pipe_s = pipeline(env, start, end)
-                pipe_n = count(work / "p.sqlite")
+                pipe_n = count(db)
                 days = (month_window(end)[1] - month_window(start)[0]) // 86_400_000
                 assert pipe_n == bare_n == days * 1440, (pipe_n, bare_n)
                 phases = run_phases()
-                growth = dir_bytes(work / "home") - home_before
-            print(
-                f"{months:>6} {pipe_n:>9} {bare_s:>8.1f} {bare_n / bare_s:>10,.0f} {pipe_s:>11.1f} "
-                f"{pipe_n / pipe_s:>13,.0f} {pipe_s / bare_s:>6.2f}"
-            )
-            bookkeeping = phases["planning"] + phases["events"]
-            breakdowns.append(
-                f"{months:>3} months: Dagster planning {phases['planning']:.1f}s, "
-                f"run plan {phases['plan']:.1f}s, "
-                f"fetch + committed write {phases['fetch_write']:.1f}s, Dagster materialization events "
-                f"{phases['events']:.1f}s; Dagster bookkeeping {bookkeeping / months * 1000:.0f} ms and "
-                f"{growth / months / 1024:.1f} KB of instance storage per partition"
-            )
-        print("\n".join(breakdowns))
-        if not args.no_bookkeeping:
-            print_bookkeeping()
-    finally:
-        sandbox.terminate()
-        sandbox.wait()
+                growth = dir_bytes(home) - home_before
+                print(
+                    f"{months:>6} {db.name:<10} {pipe_n:>9} {bare_s:>8.1f} {bare_n / bare_s:>10,.0f} "
+                    f"{pipe_s:>11.1f} {pipe_n / pipe_s:>13,.0f} {pipe_s / bare_s:>6.2f}",
+                    flush=True,
+                )
+                bookkeeping = phases["planning"] + phases["events"]
+                breakdowns.append(
+                    f"{months:>3} months, {db.name}: Dagster planning {phases['planning']:.1f}s, "
+                    f"run plan {phases['plan']:.1f}s, "
+                    f"fetch + committed write {phases['fetch_write']:.1f}s, Dagster materialization events "
+                    f"{phases['events']:.1f}s; Dagster bookkeeping {bookkeeping / months * 1000:.0f} ms and "
+                    f"{growth / months / 1024:.1f} KB of instance storage per partition"
+                )
+    print("\n".join(breakdowns))
+    if not args.no_bookkeeping:
+        print_bookkeeping()
 
 
 if __name__ == "__main__":

@@ -1,18 +1,22 @@
-"""Analytics figures: SQLite read speed, DuckDB rollup throughput, Parquet size, chart page size.
+"""Analytics figures: store read speed, DuckDB rollup throughput, Parquet size, chart page size.
 
-    uv run python benchmarks/rollups.py
+    uv run python benchmarks/rollups.py [--store postgres]
 
 1. One year of one symbol (525,600 synthetic 1-minute candles) in a real SQLite store: the time to
-   read it back as a frame (candles/s), and the DuckDB rollup itself to 5m/1h/1d (candles/s),
-   measured separately.
+   read it back as a frame (candles/s, best of 3), and the DuckDB rollup itself to 5m/1h/1d
+   (candles/s), measured separately. `--store postgres` writes and reads the same year in a
+   PostgreSQL database too, in the same run, on a throwaway server started from Debian's binaries
+   with its durability on (`pg_cluster.running_cluster(durable=True)`, the tests' own start-up).
 2. Parquet (zstd, via DuckDB) bytes per candle on the real recorded BTC/USDT candles of
    2023-03-16..05-01 (66,087 candles; `benchmarks/data/SOURCES.md`).
 3. The chart page for 10 symbols × 30 days, without plotly.js (written once beside it).
 
-Targets: rollup ≥ 5 M candles/s, SQLite read ≥ 1 M candles/s, ≤ 27 bytes/candle (freqtrade's feather
-on real data: 27.7).
+Targets: rollup ≥ 5 M candles/s, a year read ≥ 600 k candles/s from SQLite and ≥ 1 M/s from
+PostgreSQL, ≤ 27 bytes/candle (freqtrade's feather on real data: 27.7).
 """
 
+import argparse
+import contextlib
 import gzip
 import tempfile
 import time
@@ -25,8 +29,9 @@ import pandas as pd
 from tradebeat_pipeline.candles import CANDLE_COLUMNS
 from tradebeat_pipeline.chart import SymbolChart, build_figure, write_page
 from tradebeat_pipeline.rollups import ROLLUP_TIMEFRAMES, export_parquet, rollup
-from tradebeat_pipeline.store import open_store
+from tradebeat_pipeline.store import CandleStore, open_store
 from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS
+from tradebeat_pipeline_tests.pg_cluster import fresh_database, running_cluster
 
 YEAR_START = 1_672_531_200_000  # 2023-01-01T00:00Z
 YEAR = 365 * 1440
@@ -79,23 +84,44 @@ def recorded() -> pd.DataFrame:
     return frame
 
 
+def year_in(name: str, open_it: Callable[[], CandleStore], year: pd.DataFrame) -> pd.DataFrame:
+    """Write the year in one transaction, read it back best of 3; print both; the frame read."""
+    end = YEAR_START + 365 * DAY_MS
+    with open_it() as store:
+        store.register_symbol("BTC/USDT")
+        t0 = time.perf_counter()
+        store.upsert_candles([("BTC/USDT", year)])
+        write_s = time.perf_counter() - t0
+        read_s = best_of(3, lambda: store.read_candles("BTC/USDT", YEAR_START, end))
+        frame = store.read_candles("BTC/USDT", YEAR_START, end)
+    assert len(frame) == YEAR
+    target = "1,000,000" if name == "PostgreSQL" else "600,000"
+    print(f"  {name:<10} write (one transaction)   {write_s:6.2f} s   {YEAR / write_s:>12,.0f} candles/s")
+    print(
+        f"  {name:<10} read to a frame          {read_s:6.2f} s   {YEAR / read_s:>12,.0f} candles/s   "
+        f"(best of 3; target >= {target})"
+    )
+    return frame
+
+
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="postgres: the year written to and read from PostgreSQL too, beside SQLite",
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         year = synthetic(YEAR, YEAR_START)
-        with open_store(Path(tmp) / "bench.sqlite") as store:
-            store.register_symbol("BTC/USDT")
-            t0 = time.perf_counter()
-            store.upsert_candles([("BTC/USDT", year)])
-            write_s = time.perf_counter() - t0
-            read_s = best_of(3, lambda: store.read_candles("BTC/USDT", YEAR_START, YEAR_START + 365 * DAY_MS))
-            frame = store.read_candles("BTC/USDT", YEAR_START, YEAR_START + 365 * DAY_MS)
-        assert len(frame) == YEAR
-        print(f"1 year x 1 symbol = {YEAR:,} candles (synthetic), SQLite WAL, one file")
-        print(f"  write (one transaction)   {write_s:6.2f} s   {YEAR / write_s:>12,.0f} candles/s")
-        print(
-            f"  SQLite read to a frame    {read_s:6.2f} s   {YEAR / read_s:>12,.0f} candles/s   "
-            "(target >= 1,000,000)"
-        )
+        print(f"1 year x 1 symbol = {YEAR:,} candles (synthetic; quote and taker volumes NULL)")
+        frame = year_in("SQLite", lambda: open_store(Path(tmp) / "bench.sqlite"), year)
+        if args.store == "postgres":
+            server = stack.enter_context(running_cluster(durable=True, prefix="tradebeat-pg-bench-"))
+            url = stack.enter_context(fresh_database(server, "bench"))
+            pg_frame = year_in("PostgreSQL", lambda: open_store(Path(tmp) / "unused.sqlite", url), year)
+            pd.testing.assert_frame_equal(pg_frame, frame)
         end = YEAR_START + 365 * DAY_MS
         for tf in ROLLUP_TIMEFRAMES:
             rollup_s = best_of(5, lambda tf=tf: rollup(frame, tf, YEAR_START, end))  # type: ignore[misc]

@@ -286,7 +286,8 @@ class StreamedBackfill:
 def write(store: CandleStore, batch: Batch | StreamedBackfill, *, now_ms: int) -> WriteReport:
     """Store a batch in one transaction (its rows ingested at `now_ms`), then account for the closed
     minutes of its windows once: the report the checks and the metadata share."""
-    upserts = store.ingest(batch.writes(), now_ms=now_ms)
+    # The run's symbols, announced: a store that locks them first still writes a stream as it arrives.
+    upserts = store.ingest(batch.writes(), now_ms=now_ms, symbols=list(batch.requested))
     if isinstance(batch, StreamedBackfill):
         batch = batch.batch
     committed_ms = current_ms()

@@ -1,15 +1,17 @@
-"""One run apart from Dagster: planned from a real SQLite store, fetched with the real ccxt client over
-HTTP from the sandbox, written in one transaction with its report; and the guards that keep a batch
-inside its own partitions."""
+"""One run apart from Dagster: planned from a real store (a SQLite file and a PostgreSQL server, each
+test on both), fetched with the real ccxt client over HTTP from the sandbox, written in one
+transaction with its report; and the guards that keep a batch inside its own partitions."""
 
 import asyncio
+import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
+import psycopg
 import pytest
 
 from tradebeat_pipeline.exchange.ccxt_client import CcxtExchange
@@ -26,18 +28,44 @@ from tradebeat_pipeline.ingest import (
 )
 from tradebeat_pipeline.sandbox.server import Sandbox, SandboxServer
 from tradebeat_pipeline.store import CandleStore, SymbolWrite, open_store
+from tradebeat_pipeline.store.postgres import PostgresStore
+from tradebeat_pipeline.store.sqlite import SQLiteStore
 from tradebeat_pipeline.timewindows import month_window
-from tradebeat_pipeline_tests.conftest import ms
+from tradebeat_pipeline_tests.conftest import ms, wait_for
 
 OUTAGE_MONTH = {"BTC/USDT": [date(2023, 3, 1)]}  # holds the real halt of 2023-03-24
 MONTH = 31 * 1440
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> CandleStore:
-    store = open_store(tmp_path / "candles.sqlite")
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CandleStore]:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    store = open_store(tmp_path / "candles.sqlite", database_url=url)
     store.register_symbol("BTC/USDT")
-    return store
+    yield store
+    store.close()
+
+
+def locked_for_writing(store: CandleStore, symbol: str) -> bool:
+    """Whether another connection finds the store held by a write of `symbol` (SQLite's one write
+    lock; PostgreSQL's lock on the symbol's row)."""
+    if isinstance(store, SQLiteStore):
+        other = sqlite3.connect(store.path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError as exc:
+            return "locked" in str(exc)
+        finally:
+            other.close()
+    assert isinstance(store, PostgresStore)
+    with psycopg.connect(store.url, autocommit=True) as pg:
+        try:
+            pg.execute("SELECT 1 FROM symbols WHERE symbol = %s FOR UPDATE NOWAIT", (symbol,))
+            return False
+        except psycopg.errors.LockNotAvailable:
+            return True
 
 
 def backfill(server: SandboxServer, store: CandleStore, requested: dict[str, list[date]]) -> Batch:
@@ -133,6 +161,24 @@ def test_a_streamed_backfill_hands_over_a_month_while_its_fetch_is_still_running
     (rest,) = list(writes)
     assert len(first.candles) + len(rest.candles) == MONTH - 80
     assert streamed.batch is whole
+
+
+def test_a_streamed_backfill_is_written_while_its_fetch_is_still_running(
+    store: CandleStore, sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    first, whole = _halves(backfill(sandbox_server, store, OUTAGE_MONTH))
+
+    async def fetch(on_month: Callable[[SymbolWrite], None]) -> Batch:
+        on_month(first)
+        # Done only once the write has begun with the first month: the download and the write overlap.
+        await asyncio.to_thread(
+            wait_for, "the write to begin", lambda: locked_for_writing(store, "BTC/USDT"), timeout_s=30
+        )
+        return whole
+
+    report = write(store, StreamedBackfill(whole.requested, fetch), now_ms=1)
+    assert report.total.inserted == MONTH - 80
+    assert store.count_candles("BTC/USDT") == MONTH - 80
 
 
 def test_a_streamed_backfill_whose_fetch_fails_after_a_month_changes_nothing_stored(

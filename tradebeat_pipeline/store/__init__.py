@@ -8,7 +8,7 @@ ledger (`budget.SharedLedger`) in the PostgreSQL store's database. Every line of
 lives in this package.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Self
@@ -101,9 +101,18 @@ class CandleStore(Protocol):
     ) -> dict[str, UpsertResult]:
         """Write (symbol, candles) batches in one transaction, without recording holes."""
 
-    def ingest(self, writes: Iterable[SymbolWrite], *, now_ms: int | None = None) -> dict[str, UpsertResult]:
+    def ingest(
+        self,
+        writes: Iterable[SymbolWrite],
+        *,
+        now_ms: int | None = None,
+        symbols: Collection[str] | None = None,
+    ) -> dict[str, UpsertResult]:
         """Write candles and the holes their fetches revealed in one transaction: all or nothing.
-        `writes` may be a stream still arriving (a backfill's months); each is written in turn."""
+        `writes` may be a stream still arriving (a backfill's months); each is written in turn.
+        `symbols` announces every symbol the stream will touch, so a store that must lock them
+        first can start writing before the stream ends; a part for another symbol is refused
+        (`ValueError`). Without it, a store may await the whole stream before writing."""
 
     def read_candles(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """Stored candles with open time in [start_ms, end_ms), oldest first."""

@@ -5,7 +5,7 @@ become `StoreError`, and how corrections are logged. Each implementation only mo
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -24,7 +24,7 @@ from tradebeat_pipeline.quality import (
     missing_runs,
     outside,
 )
-from tradebeat_pipeline.store import StoreError, UpsertResult
+from tradebeat_pipeline.store import StoreError, SymbolWrite, UpsertResult
 from tradebeat_pipeline.timewindows import MINUTE_MS, iso_utc
 
 log = logging.getLogger("tradebeat.store")
@@ -174,6 +174,63 @@ def plan_hole_runs(
     `missing_runs` would (without handing every stored open time to Python)."""
     new = classify(runs, cov, touching, is_stored=is_stored, now_ms=now_ms)
     return HolePlan(new, merge_adjacent([*outside(touching, cov.start, cov.end), *new]))
+
+
+def refuse_unannounced(write: SymbolWrite, announced: Collection[str] | None) -> None:
+    """A part for a symbol the write did not announce is a caller's bug: the store may not have
+    locked that symbol, so the whole write stops (and rolls back) naming it."""
+    if announced is not None and write.symbol not in announced:
+        raise ValueError(
+            f"{write.symbol}: a part for a symbol this write did not announce "
+            f"({', '.join(sorted(announced)) or 'none'}); nothing was written"
+        )
+
+
+@dataclass(frozen=True)
+class StoredMinutes:
+    """The three questions `missing_runs_asked` puts to a store about one symbol's stored open
+    times in [start, end): how many are whole minutes, the first one, and each stored open time
+    followed by a gap (the next one more than a minute later, or `end`) with that next one."""
+
+    aligned_count: Callable[[int, int], int]
+    first: Callable[[int, int], int | None]
+    gap_edges: Callable[[int, int], Iterable[tuple[int, int]]]
+
+
+def missing_runs_asked(
+    start: int, end: int, written: np.ndarray, ask: StoredMinutes
+) -> list[tuple[int, int]]:
+    """`quality.missing_runs` of the stored open times in [start, end), without reading them:
+    none when the minutes just `written` (sorted, minute-aligned) or the stored ones fill the
+    window, else runs [first, last] from the edges of the gaps, asked of the store."""
+    if end <= start:
+        return []
+    if start % MINUTE_MS == 0 and end % MINUTE_MS == 0:
+        minutes = (end - start) // MINUTE_MS
+        if int(np.searchsorted(written, end) - np.searchsorted(written, start)) == minutes:
+            return []
+        if ask.aligned_count(start, end) == minutes:
+            return []
+    first = ask.first(start, end)
+    if first is None:
+        return [(start, end - MINUTE_MS)]
+    runs = [(start, int(first) - MINUTE_MS)] if first > start else []
+    runs.extend(
+        (int(before) + MINUTE_MS, int(after) - MINUTE_MS) for before, after in ask.gap_edges(start, end)
+    )
+    return runs
+
+
+def minutes_of(candles: pd.DataFrame) -> np.ndarray:
+    """The distinct minute-aligned open times of a batch, sorted."""
+    ts = candles["timestamp"].to_numpy(dtype=np.int64)
+    ts = sorted_times(ts[ts % MINUTE_MS == 0])
+    return ts[np.concatenate(([True], ts[1:] != ts[:-1]))] if len(ts) else ts
+
+
+def sorted_times(ts: np.ndarray) -> np.ndarray:
+    """`ts` in ascending order; a batch usually arrives so (cheaper than np.unique's hashing)."""
+    return ts if bool(np.all(ts[1:] >= ts[:-1])) else np.sort(ts)
 
 
 def log_corrections(results: dict[str, UpsertResult]) -> None:

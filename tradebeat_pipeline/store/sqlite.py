@@ -5,7 +5,7 @@ import itertools
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,13 +26,18 @@ from tradebeat_pipeline.store import (
 from tradebeat_pipeline.store.common import (
     STORE_TABLES,
     VALUE_COLUMNS,
+    StoredMinutes,
     created_now,
     diff_candles,
     driver_errors_reported,
     gap_kind,
     listed_start,
     log_corrections,
+    minutes_of,
+    missing_runs_asked,
     plan_hole_runs,
+    refuse_unannounced,
+    sorted_times,
     time_range,
     touching_window,
 )
@@ -140,10 +145,11 @@ _CORRECTIONS_SCHEMA = (
     "CREATE TEMP TRIGGER IF NOT EXISTS note_corrected_candle AFTER UPDATE ON main.price_data "
     "BEGIN INSERT INTO corrected_candles (timestamp) VALUES (new.timestamp); END",
 )
-_SELECT_RANGE_SQL = (
-    f"SELECT {', '.join(CANDLE_COLUMNS)} FROM price_data "
-    "WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ? ORDER BY timestamp"
-)
+_RANGE = "WHERE symbol_id = ? AND timestamp >= ? AND timestamp < ?"
+_SELECT_RANGE_SQL = f"SELECT {', '.join(CANDLE_COLUMNS)} FROM price_data {_RANGE} ORDER BY timestamp"
+# Values (not NULLs) per column in a range: a column NULL throughout (the extras of the 2023
+# recordings) is left out of the read, so no Python object is made for it.
+_COUNT_VALUES_SQL = f"SELECT {', '.join(f'count({c})' for c in CANDLE_COLUMNS)} FROM price_data {_RANGE}"
 
 
 _STORED_SQL = "SELECT 1 FROM price_data WHERE symbol_id = ? AND timestamp = ?"
@@ -357,9 +363,16 @@ class SQLiteStore:
         """Write every batch in ONE transaction: all of it lands, or none of it does."""
         return self.ingest([SymbolWrite(symbol, candles) for symbol, candles in batches], now_ms=now_ms)
 
-    def ingest(self, writes: Iterable[SymbolWrite], *, now_ms: int | None = None) -> dict[str, UpsertResult]:
+    def ingest(
+        self,
+        writes: Iterable[SymbolWrite],
+        *,
+        now_ms: int | None = None,
+        symbols: Collection[str] | None = None,
+    ) -> dict[str, UpsertResult]:
         """Candles and the holes their fetches revealed, in ONE transaction: a hole is recorded
-        against exactly the candles stored with it, and a crash leaves neither."""
+        against exactly the candles stored with it, and a crash leaves neither. SQLite's one write
+        lock covers every symbol, so `symbols` only bounds which symbols the parts may name."""
         now = now_ms if now_ms is not None else int(time.time() * 1000)
         results: dict[str, UpsertResult] = {}
         arriving = iter(writes)
@@ -367,7 +380,10 @@ class SQLiteStore:
         if first is None:
             return results
         with self._transaction() as conn:
+            for symbol in sorted(symbols or ()):
+                self._symbol_id_in(conn, symbol)  # every announced symbol is registered
             for write in itertools.chain([first], arriving):
+                refuse_unannounced(write, symbols)
                 sid = self._symbol_id_in(conn, write.symbol)
                 if write.first_candle_ms is not None:
                     conn.execute(
@@ -378,7 +394,7 @@ class SQLiteStore:
                 listed = conn.execute("SELECT first_candle_ms FROM symbols WHERE id = ?", (sid,)).fetchone()[
                     0
                 ]
-                minutes = _minutes_of(write.candles)
+                minutes = minutes_of(write.candles)
                 holes = [
                     h
                     for cov in write.coverage
@@ -403,7 +419,9 @@ class SQLiteStore:
         """Replace what is recorded inside the fetched window with what this fetch showed;
         `written` are the minute open times just stored, sorted."""
         touching = self._holes(conn, sid, *touching_window(cov))
-        runs = _missing_runs(conn, sid, listed_start(cov.start, listed), cov.end, written)
+        runs = missing_runs_asked(
+            listed_start(cov.start, listed), cov.end, written, _stored_minutes(conn, sid)
+        )
 
         def is_stored(ms: int) -> bool:
             return conn.execute(_STORED_SQL, (sid, ms)).fetchone() is not None
@@ -437,7 +455,7 @@ class SQLiteStore:
         listed = self.conn.execute("SELECT first_candle_ms FROM symbols WHERE id = ?", (sid,)).fetchone()[0]
         start = listed_start(start_ms, listed)
         end = max(start, end_ms)
-        runs = _missing_runs(self.conn, sid, start, end, np.empty(0, dtype=np.int64))
+        runs = missing_runs_asked(start, end, np.empty(0, dtype=np.int64), _stored_minutes(self.conn, sid))
         halted = self.conn.execute(_HALTED_SQL, (sid, start, end)).fetchone()[0]
         return gap_report_of_runs(
             symbol, start, end, runs, self._holes(self.conn, sid, start, end), halted=int(halted)
@@ -489,10 +507,25 @@ class SQLiteStore:
         return self._read(self.conn, self._symbol_id(symbol), start_ms, end_ms)
 
     def _read(self, conn: sqlite3.Connection, sid: int, start_ms: int, end_ms: int) -> pd.DataFrame:
-        rows = conn.execute(_SELECT_RANGE_SQL, (sid, start_ms, end_ms)).fetchall()
-        if not rows:
+        params = (sid, start_ms, end_ms)
+        try:
+            values = _doubles(conn.execute(_SELECT_RANGE_SQL, params), len(CANDLE_COLUMNS))
+            columns = list(CANDLE_COLUMNS)
+        except TypeError:  # a NULL (numpy takes no None here): read the columns holding values
+            counts = dict(
+                zip(CANDLE_COLUMNS, conn.execute(_COUNT_VALUES_SQL, params).fetchone(), strict=True)
+            )
+            columns = [c for c in CANDLE_COLUMNS if counts[c]]
+            cursor = conn.execute(
+                f"SELECT {', '.join(columns)} FROM price_data {_RANGE} ORDER BY timestamp", params
+            )
+            if all(counts[c] == counts["timestamp"] for c in columns):
+                values = _doubles(cursor, len(columns))
+            else:  # NULLs among values: numpy reads None as NaN from whole rows
+                values = np.array(cursor.fetchall(), dtype=np.float64).reshape(-1, len(columns))
+        if not len(values):
             return empty_candles()
-        return _candle_frame(rows)
+        return _candle_frame(values, columns, lambda c: _exact_column(conn, c, params))
 
     def newest_candles(self, symbols: Sequence[str], before_ms: int | None = None) -> dict[str, int | None]:
         """Open time of each symbol's newest stored candle (before `before_ms`; None when none)."""
@@ -582,7 +615,7 @@ def _as_doubles(candles: pd.DataFrame) -> np.ndarray | None:
     columns store an integral double as the integer. None when that would not be exact: repeated
     open times, or an integer a double cannot carry."""
     ts = candles["timestamp"].to_numpy(dtype=np.int64)
-    ordered = _sorted(ts)
+    ordered = sorted_times(ts)
     if bool(np.any(ordered[1:] == ordered[:-1])):
         return None
     values = np.empty((len(candles), len(CANDLE_COLUMNS)), dtype=np.float64)
@@ -629,65 +662,55 @@ def _values_insert_sql(rows: int, upsert: bool) -> str:
     return f"{sql} WHERE true {_ON_CONFLICT}" if upsert else sql
 
 
-def _minutes_of(candles: pd.DataFrame) -> np.ndarray:
-    """The distinct minute-aligned open times of a batch, sorted."""
-    ts = candles["timestamp"].to_numpy(dtype=np.int64)
-    ts = _sorted(ts[ts % MINUTE_MS == 0])
-    return ts[np.concatenate(([True], ts[1:] != ts[:-1]))] if len(ts) else ts
+def _stored_minutes(conn: sqlite3.Connection, sid: int) -> StoredMinutes:
+    """`missing_runs_asked`'s questions about one symbol, as SQLite queries."""
+
+    def aligned_count(start: int, end: int) -> int:
+        return int(conn.execute(_ALIGNED_COUNT_SQL, (sid, start, end, MINUTE_MS)).fetchone()[0])
+
+    def first(start: int, end: int) -> int | None:
+        (found,) = conn.execute(_FIRST_IN_SQL, (sid, start, end)).fetchone()
+        return None if found is None else int(found)
+
+    def gap_edges(start: int, end: int) -> Iterable[tuple[int, int]]:
+        return conn.execute(_GAPS_SQL, (end, sid, start, end, MINUTE_MS))
+
+    return StoredMinutes(aligned_count, first, gap_edges)
 
 
-def _sorted(ts: np.ndarray) -> np.ndarray:
-    """`ts` in ascending order; a batch usually arrives so (cheaper than np.unique's hashing)."""
-    return ts if bool(np.all(ts[1:] >= ts[:-1])) else np.sort(ts)
+def _doubles(cursor: Iterable[tuple[object, ...]], width: int) -> np.ndarray:
+    """Fetched rows streamed into one float64 matrix: no list of row tuples is kept, so each row's
+    objects are freed as soon as numpy has its values. A NULL raises TypeError."""
+    return np.fromiter(itertools.chain.from_iterable(cursor), dtype=np.float64).reshape(-1, width)
 
 
-def _missing_runs(
-    conn: sqlite3.Connection, sid: int, start: int, end: int, written: np.ndarray
-) -> list[tuple[int, int]]:
-    """`quality.missing_runs` of the stored open times in [start, end), without reading them:
-    none when the minutes just `written` (sorted, minute-aligned) or the stored ones fill the
-    window, else runs [first, last] from the edges of the gaps, asked of SQLite."""
-    if end <= start:
-        return []
-    if start % MINUTE_MS == 0 and end % MINUTE_MS == 0:
-        minutes = (end - start) // MINUTE_MS
-        if int(np.searchsorted(written, end) - np.searchsorted(written, start)) == minutes:
-            return []
-        (aligned,) = conn.execute(_ALIGNED_COUNT_SQL, (sid, start, end, MINUTE_MS)).fetchone()
-        if aligned == minutes:
-            return []
-    (first,) = conn.execute(_FIRST_IN_SQL, (sid, start, end)).fetchone()
-    if first is None:
-        return [(start, end - MINUTE_MS)]
-    runs = [(start, int(first) - MINUTE_MS)] if first > start else []
-    gaps = conn.execute(_GAPS_SQL, (end, sid, start, end, MINUTE_MS))
-    runs.extend((int(before) + MINUTE_MS, int(after) - MINUTE_MS) for before, after in gaps)
-    return runs
+def _exact_column(conn: sqlite3.Connection, column: str, params: tuple[int, int, int]) -> np.ndarray:
+    """One integer column of a range read as Python integers (for values a double cannot carry)."""
+    rows = conn.execute(f"SELECT {column} FROM price_data {_RANGE} ORDER BY timestamp", params)
+    return np.array([0 if v is None else v for (v,) in rows], dtype=np.int64)
 
 
-def _candle_frame(rows: list[tuple[object, ...]]) -> pd.DataFrame:
-    """Fetched rows as the contract frame: one numpy conversion of every value to a double (NULL as
-    NaN), then integer columns back to integers, exactly (a double carries them below 2**53; a
-    larger one takes the slow exact path)."""
-    n, width = len(rows), len(CANDLE_COLUMNS)
-    try:
-        flat = itertools.chain.from_iterable(rows)
-        values = np.fromiter(flat, dtype=np.float64, count=n * width).reshape(n, width)
-    except TypeError:  # a NULL: numpy's conversion of whole rows reads None as NaN
-        values = np.array(rows, dtype=np.float64)
-    columns: dict[str, object] = {}
-    for i, c in enumerate(CANDLE_COLUMNS):
-        column = values[:, i]
-        if dtype(c) == "float64":
-            columns[c] = np.ascontiguousarray(column)
-            continue
-        missing = np.isnan(column)
-        if _exact_integers(column):
-            integers = np.where(missing, 0.0, column).astype(np.int64)
+def _candle_frame(
+    values: np.ndarray, columns: Sequence[str], exact: Callable[[str], np.ndarray]
+) -> pd.DataFrame:
+    """A double matrix of `columns` (NULL as NaN) as the contract frame: integer columns back to
+    integers, exactly (a double carries them below 2**53; `exact(column)` reads a larger one
+    again), and the columns not read NULL throughout."""
+    n = len(values)
+    frame: dict[str, object] = {}
+    for c in CANDLE_COLUMNS:
+        if c not in columns:
+            missing = np.ones(n, dtype=bool)
+            column = np.full(n, np.nan)
         else:
-            integers = np.array([0 if r[i] is None else r[i] for r in rows], dtype=np.int64)
-        columns[c] = pd.arrays.IntegerArray(integers, missing) if dtype(c) == "Int64" else integers
-    return pd.DataFrame(columns, copy=False)
+            column = values[:, list(columns).index(c)]
+            missing = np.isnan(column)
+        if dtype(c) == "float64":
+            frame[c] = np.ascontiguousarray(column)
+            continue
+        integers = np.where(missing, 0.0, column).astype(np.int64) if _exact_integers(column) else exact(c)
+        frame[c] = pd.arrays.IntegerArray(integers, missing) if dtype(c) == "Int64" else integers
+    return pd.DataFrame(frame, copy=False)
 
 
 def _rows(sid: int, candles: pd.DataFrame, ingested_at: int) -> Iterator[tuple[object, ...]]:

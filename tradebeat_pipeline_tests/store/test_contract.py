@@ -335,6 +335,94 @@ def test_a_failed_ingest_records_neither_candles_nor_holes(store: Store) -> None
     assert store.holes("BTC/USDT", DAY1, DAY1 + 30 * 60_000) == []
 
 
+def count_in_transaction(store: Store) -> int:
+    """The candles the store's own connection sees, its open transaction's included."""
+    return len(rows(store))
+
+
+def test_an_announced_stream_is_written_part_by_part_in_one_transaction(store: Store) -> None:
+    seen_before_second_part: list[int] = []
+
+    def arriving() -> Iterator[SymbolWrite]:
+        yield SymbolWrite("BTC/USDT", candles(DAY1, 10))
+        seen_before_second_part.append(count_in_transaction(store))
+        yield SymbolWrite("BTC/USDT", candles(DAY1 + 10 * 60_000, 5))
+
+    (result,) = store.ingest(arriving(), now_ms=1, symbols=["BTC/USDT"]).values()
+    assert seen_before_second_part == [10]  # the first part was written before the second arrived
+    assert result.inserted == 15 and len(rows(store)) == 15
+
+
+def test_a_stream_that_fails_after_its_first_part_stores_nothing(store: Store) -> None:
+    window = Coverage(DAY1, DAY1 + 30 * 60_000)
+
+    def arriving() -> Iterator[SymbolWrite]:
+        yield SymbolWrite("BTC/USDT", candles(DAY1, 10), [window])
+        raise RuntimeError("the archive download failed")
+
+    with pytest.raises(RuntimeError, match="archive download failed"):
+        store.ingest(arriving(), symbols=["BTC/USDT"])
+    assert rows(store) == []
+    assert store.holes("BTC/USDT", DAY1, DAY1 + 30 * 60_000) == []
+
+
+def test_a_part_for_a_symbol_the_stream_did_not_announce_is_refused_naming_it(store: Store) -> None:
+    store.register_symbol("ETH/USDT")
+    writes = [SymbolWrite("BTC/USDT", candles(DAY1, 3)), SymbolWrite("ETH/USDT", candles(DAY1, 3))]
+    with pytest.raises(ValueError, match="ETH/USDT: a part for a symbol this write did not announce"):
+        store.ingest(writes, symbols=["BTC/USDT"])
+    assert rows(store) == []
+
+
+def test_an_announced_symbol_that_is_not_registered_is_refused_before_anything_is_stored(
+    store: Store,
+) -> None:
+    with pytest.raises(UnknownSymbol, match="NOT/REGISTERED"):
+        store.ingest([SymbolWrite("BTC/USDT", candles(DAY1, 3))], symbols=["BTC/USDT", "NOT/REGISTERED"])
+    assert rows(store) == []
+
+
+def test_a_long_rewrite_over_partly_stored_minutes_inserts_corrects_and_keeps_exactly(store: Store) -> None:
+    # 90,000 minutes, the first 40,000 stored: blocks of new, stored and mixed rows, out of order.
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 40_000))], now_ms=1000)
+    rewrite = candles(DAY1 + 20_000 * 60_000, 70_000)
+    changed = [0, 12_767, 12_768, 19_999]  # 20,000 + these: stored minutes, a block boundary among them
+    rewrite.loc[changed, "close"] = 99.0
+    rewrite.loc[30_000, "quote_volume"] = 5.0  # a new minute with a value where the others are NULL
+    shuffled = rewrite.sample(frac=1.0, random_state=3)
+    (result,) = store.upsert_candles([("BTC/USDT", shuffled)], now_ms=2000).values()
+    assert (result.inserted, result.updated, result.unchanged) == (50_000, 4, 16_000 - 4 + 4_000)
+    in_batch_order = [t for t in shuffled["timestamp"] if (t - DAY1) // 60_000 - 20_000 in changed]
+    assert result.corrected == in_batch_order
+    read = store.read_candles("BTC/USDT", DAY1, DAY1 + 90_000 * 60_000)
+    expected = pd.concat([candles(DAY1, 20_000), rewrite], ignore_index=True)
+    pd.testing.assert_frame_equal(
+        read, expected.astype({"quote_volume": "float64", "taker_buy_quote_volume": "float64"})
+    )
+    assert sum(r[-1] == 2000 for r in rows(store)) == 50_004  # ingested_at: new and corrected only
+
+
+def test_a_read_spanning_years_returns_every_candle_oldest_first(store: Store) -> None:
+    daily = candles(DAY1, 4 * 366)
+    daily["timestamp"] = [DAY1 + i * 86_400_000 for i in range(4 * 366)]  # one candle a day for 4 years
+    store.upsert_candles([("BTC/USDT", daily)], now_ms=1)
+    read = store.read_candles("BTC/USDT", DAY1, DAY1 + 5 * 366 * 86_400_000)
+    assert read["timestamp"].tolist() == daily["timestamp"].tolist()
+
+
+def test_the_database_refuses_a_candle_for_an_unknown_symbol_id(store: Store) -> None:
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.ForeignKeyViolation)):
+        store.conn.execute("INSERT INTO price_data (symbol_id, timestamp, ingested_at) VALUES (999, 0, 0)")
+    assert rows(store) == []
+
+
+def test_the_database_refuses_to_delete_a_symbol_that_has_candles(store: Store) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 1))], now_ms=1)
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.ForeignKeyViolation)):
+        store.conn.execute("DELETE FROM symbols WHERE symbol = 'BTC/USDT'")
+    assert store.count_candles("BTC/USDT") == 1
+
+
 def rollups(n: int, trades: list[int | None] | None = None) -> pd.DataFrame:
     return pd.DataFrame(
         {

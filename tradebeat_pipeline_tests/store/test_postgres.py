@@ -72,6 +72,51 @@ def test_an_older_schema_is_upgraded_step_by_step(postgres_url: str, monkeypatch
         assert upgraded.conn.execute("SELECT symbol, note FROM symbols").fetchall() == [("BTC/USDT", None)]
 
 
+def test_a_version_1_database_gets_its_candles_foreign_key_checked_per_statement(postgres_url: str) -> None:
+    with PostgresStore(postgres_url) as made:
+        made.register_symbol("BTC/USDT")
+        made.upsert_candles([("BTC/USDT", candles(DAY1, 3))], now_ms=1)
+    with psycopg.connect(postgres_url, autocommit=True) as other:  # what version 1 created
+        other.execute("DROP TRIGGER candles_reference_symbols_on_insert ON price_data")
+        other.execute("DROP TRIGGER candles_reference_symbols_on_update ON price_data")
+        other.execute("DROP TRIGGER symbols_keep_candles ON symbols")
+        other.execute("DROP TRIGGER symbols_keep_candles_on_truncate ON symbols")
+        other.execute(
+            "ALTER TABLE price_data ADD CONSTRAINT price_data_symbol_id_fkey "
+            "FOREIGN KEY (symbol_id) REFERENCES symbols(id)"
+        )
+        other.execute(f"UPDATE {VERSION_TABLE} SET version = 1")
+    with PostgresStore(postgres_url) as upgraded:
+        conn = upgraded.conn
+        assert conn.execute(f"SELECT version FROM {VERSION_TABLE}").fetchall() == [(SCHEMA_VERSION,)]
+        foreign_keys = conn.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'price_data'::regclass AND contype = 'f'"
+        ).fetchall()
+        assert foreign_keys == [] and upgraded.count_candles("BTC/USDT") == 3
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("INSERT INTO price_data (symbol_id, timestamp, ingested_at) VALUES (999, 0, 0)")
+
+
+def test_a_symbol_with_candles_can_be_neither_renumbered_nor_truncated_away(store: PostgresStore) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 1))], now_ms=1)
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        store.conn.execute("UPDATE symbols SET id = 999 WHERE symbol = 'BTC/USDT'")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        store.conn.execute("TRUNCATE symbols CASCADE")
+    store.conn.execute("UPDATE symbols SET is_active = false")  # any other change is allowed
+    assert store.count_candles("BTC/USDT") == 1
+
+
+def test_a_read_puts_rows_scanned_out_of_time_order_back_in_order(store: PostgresStore) -> None:
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 100))], now_ms=1)
+    store.upsert_candles([("BTC/USDT", candles(DAY1, 10, price=50))], now_ms=2)  # new row versions, last
+    store.conn.execute("SET enable_indexscan = off")  # a plain scan: the table's physical order
+    store.conn.execute("SET enable_bitmapscan = off")
+    read = store.read_candles("BTC/USDT", DAY1, DAY1 + 100 * 60_000)
+    assert read["timestamp"].tolist() == [DAY1 + i * 60_000 for i in range(100)]
+    assert read["open"].tolist() == [50.0] * 10 + [100.0] * 90
+
+
 def test_an_unreachable_server_is_a_store_error_without_the_password(postgres_server: PostgresServer) -> None:
     url = with_password(postgres_server.url("no_such_database"), "s3cret-pw")
     with pytest.raises(StoreError, match="no_such_database") as raised:
