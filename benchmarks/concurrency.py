@@ -130,6 +130,9 @@ def main() -> None:
     parser.add_argument("--buffer", type=float, default=5.0, help="HEARTBEAT_BUFFER_SECONDS")
     parser.add_argument("--weight-limit", type=int, default=60_000, help="the sandbox's declared budget")
     parser.add_argument(
+        "--keep", action="store_true", help="keep each store's work folder (its path printed)"
+    )
+    parser.add_argument(
         "--instance-in-files",
         action="store_true",
         help="keep the Dagster instance in files for the PostgreSQL run too: only the store differs",
@@ -141,7 +144,7 @@ def main() -> None:
 
 
 def one_store(kind: str, args: argparse.Namespace) -> Measured:
-    """The whole benchmark on one store, in a fresh work folder (kept, its path printed)."""
+    """The whole benchmark on one store, in a fresh work folder (removed after, unless `--keep`)."""
     work = Path(tempfile.mkdtemp(prefix=f"tradebeat-concurrency-{kind}-"))
     home = work / "home"
     home.mkdir()
@@ -180,6 +183,8 @@ def one_store(kind: str, args: argparse.Namespace) -> Measured:
         assert cli.main(["symbols", "add", *symbols]) == 0
         first_beat, last_beat, lines = beat_and_backfill(env, symbols, args, work)
         measure(measured, env, symbols, sandbox, first_beat, last_beat, lines, work)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     return measured
 
 
