@@ -206,11 +206,6 @@ class WeightBudget:
         self._memory = _Ledger()
         self.refusals: Counter[str] = Counter()  # why requests had to wait, for logs and tests
 
-    @property
-    def path(self) -> SharedLedger | None:
-        """The ledger, under the name the exchange client logs it by."""
-        return self.ledger
-
     def declare(self, per_minute: float) -> None:
         """The budget the exchange declares (times our share), for every process from now on;
         one that has not asked the exchange yet would otherwise assume Binance's."""

@@ -209,6 +209,16 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             os.environ.update(saved)
 
 
+def two_successful_beats(live: LiveSystem) -> list[dg.DagsterRun]:
+    """Wait for the daemon's first two successful heartbeat runs (or more), and return them."""
+    return wait_for(
+        "two successful heartbeat runs",
+        lambda: at_least(2, live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS)),
+        timeout_s=300,
+        poll_s=1,
+    )
+
+
 def final_values(sandbox: Sandbox, symbol: str, minute: int) -> tuple[float, ...] | None:
     """The candle the replaying exchange gives for a closed minute (None in an outage)."""
     series = sandbox.markets[symbol.replace("/", "")].series
@@ -219,12 +229,7 @@ def final_values(sandbox: Sandbox, symbol: str, minute: int) -> tuple[float, ...
 
 @ON_BOTH
 def test_every_beat_is_one_run_that_stores_each_closed_minute_with_final_values(live: LiveSystem) -> None:
-    beats = wait_for(
-        "two successful heartbeat runs",
-        lambda: at_least(2, live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS)),
-        timeout_s=300,
-        poll_s=1,
-    )
+    beats = two_successful_beats(live)
     with dg.DagsterInstance.get() as instance:
         every_beat = [
             r.dagster_run
@@ -251,12 +256,7 @@ def test_every_beat_is_one_run_that_stores_each_closed_minute_with_final_values(
 
 @ON_BOTH
 def test_a_beat_is_launched_as_its_minute_closes_without_waiting_in_the_run_queue(live: LiveSystem) -> None:
-    beats = wait_for(
-        "two successful heartbeat runs",
-        lambda: at_least(2, live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS)),
-        timeout_s=300,
-        poll_s=1,
-    )
+    beats = two_successful_beats(live)
     with dg.DagsterInstance.get() as instance:
         for run in beats:
             record = instance.get_run_record_by_id(run.run_id)

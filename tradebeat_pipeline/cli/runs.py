@@ -18,9 +18,9 @@ def instance() -> dg.DagsterInstance:
     `with` block so it is closed (an instance left open lingers in Dagster's process-wide state).
 
     Runs materialized here are given this instance, so nothing needs DAGSTER_HOME in the environment."""
-    home = dagster_home()
     if os.environ.get("DAGSTER_HOME"):
         return dg.DagsterInstance.get()
+    home = dagster_home()  # the project's dagster_home/
     home.mkdir(parents=True, exist_ok=True)
     return dg.DagsterInstance.from_config(str(home))
 

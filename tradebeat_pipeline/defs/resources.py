@@ -57,7 +57,7 @@ class ExchangeResource(dg.ConfigurableResource):
             concurrency=self.concurrency,
             max_attempts=settings.retry_attempts,
             backoff_s=settings.retry_backoff_seconds,
-            budget_path=shared_ledger(settings, api_url),  # the deployment's ledger: file or database
+            ledger=shared_ledger(settings, api_url),  # the deployment's ledger: file or database
         )
         return exchange
 

@@ -173,7 +173,7 @@ class CcxtExchange:
         api_key: str | SecretStr | None = None,
         secret_key: str | SecretStr | None = None,
         rate_budget_share: float = default("rate_budget_share"),
-        budget_path: Path | SharedLedger | None = None,
+        ledger: Path | SharedLedger | None = None,
         lane: Lane = Lane.BULK,
         timeout_ms: int = round(default("timeout_seconds") * 1000),
         max_attempts: int = default("retry_attempts"),
@@ -202,7 +202,7 @@ class CcxtExchange:
             config["secret"] = _plain(secret_key)
         self._ccxt = _Binance(config)
         # Until exchangeInfo declares the exchange's budget, assume Binance's.
-        self.budget = WeightBudget(budget_path, DEFAULT_WEIGHT_PER_MINUTE * rate_budget_share, lane)
+        self.budget = WeightBudget(ledger, DEFAULT_WEIGHT_PER_MINUTE * rate_budget_share, lane)
         self._ccxt.budget = self.budget
         self._ccxt.enableLastResponseHeaders = True
         if api_url:
@@ -251,7 +251,7 @@ class CcxtExchange:
             self.budget.per_minute,
             self.rate_budget_share * 100,
             declared,
-            self.budget.path or "this process only",
+            self.budget.ledger or "this process only",
         )
 
     # -- the interface -------------------------------------------------------------------
