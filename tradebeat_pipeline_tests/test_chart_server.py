@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tradebeat_pipeline.chart_server import chart_url, serve_charts
+from tradebeat_pipeline.chart_server import CHART_PAGE, chart_url, serve_charts
 
 
 @pytest.fixture
@@ -50,3 +50,21 @@ def test_a_file_outside_the_chart_folder_is_not_served(served: tuple[Path, int])
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/../secret.txt", timeout=10)
     assert refused.value.code == 404
+
+
+def test_a_chart_page_not_drawn_yet_says_how_to_draw_it(served: tuple[Path, int]) -> None:
+    _, port = served
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(chart_url(port, CHART_PAGE), timeout=10)
+    page = missing.value.read().decode()
+    assert missing.value.code == 404
+    assert f"{CHART_PAGE} has not been drawn yet" in page
+    assert "Materialize" in page
+
+
+def test_a_missing_file_other_than_a_page_gets_the_plain_not_found(served: tuple[Path, int]) -> None:
+    _, port = served
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(chart_url(port, "price_chart.svg"), timeout=10)
+    assert missing.value.code == 404
+    assert "not been drawn" not in missing.value.read().decode()

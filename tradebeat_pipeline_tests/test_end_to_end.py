@@ -46,9 +46,8 @@ BUFFER_S = 3.0
 MIN = 60_000
 T = TypeVar("T")
 DEPLOY = PROJECT_DIR / "deploy"
-# The heartbeat and the onboarding backfill run on both setups; the rest on the embedded one.
+# Every live test runs on both setups: the embedded one, and the instance, store and budget on PostgreSQL.
 ON_BOTH = pytest.mark.parametrize("live", ["sqlite", "postgres"], indirect=True)
-EMBEDDED = pytest.mark.parametrize("live", ["sqlite"], indirect=True)
 CODE = ["-m", "tradebeat_pipeline.definitions", "--location-name", "tradebeat"]  # as compose's `code`
 
 
@@ -299,7 +298,7 @@ def recent_beat(live: LiveSystem) -> list[dg.DagsterRun] | None:
     return [r for r in beats if now - beat_minute_of(r.tags) <= 3 * MIN] or None
 
 
-@EMBEDDED
+@ON_BOTH
 def test_status_is_healthy_while_the_daemon_beats(
     live: LiveSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -311,7 +310,7 @@ def test_status_is_healthy_while_the_daemon_beats(
     assert all(s["lag_minutes"] <= 2 and s["candles_today"] > 0 for s in report["symbols"])
 
 
-@EMBEDDED
+@ON_BOTH
 def test_status_is_degraded_when_symbols_fall_behind_the_freshness_limit(
     live: LiveSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -323,7 +322,7 @@ def test_status_is_degraded_when_symbols_fall_behind_the_freshness_limit(
     assert all("min behind (limit 2)" in reason for reason in report["reasons"])
 
 
-@EMBEDDED
+@ON_BOTH
 def test_status_is_down_when_no_beat_ran_for_five_minutes(
     live: LiveSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -333,7 +332,7 @@ def test_status_is_down_when_no_beat_ran_for_five_minutes(
     assert any("no heartbeat run for" in reason for reason in report["reasons"])
 
 
-@EMBEDDED
+@ON_BOTH
 def test_minutes_missed_while_the_daemon_was_down_are_filled_by_the_next_beat(live: LiveSystem) -> None:
     wait_for(
         "a first beat", lambda: live.runs("heartbeat", dg.DagsterRunStatus.SUCCESS), timeout_s=300, poll_s=1

@@ -21,7 +21,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import IO
 
-from tradebeat_pipeline.chart_server import chart_url, serve_charts
+from tradebeat_pipeline.chart_server import CHART_PAGE, chart_url, serve_charts
 from tradebeat_pipeline.errors import Failed
 from tradebeat_pipeline.settings import DEFAULT_DAGSTER_HOME, PROJECT_DIR, Settings, dagster_home
 from tradebeat_pipeline.timewindows import DAY_MS, now_ms
@@ -77,7 +77,7 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     banner = (
         f"tradebeat demo: sandbox exchange {exchange_url} (live replay of recorded candles), "
         f"symbols {args.symbols}; Dagster UI on http://127.0.0.1:{args.port} once it has "
-        f"started; charts on {chart_url(charts_port, 'price_chart.html')}. Ctrl-C stops everything.\n"
+        f"started; charts on {chart_url(charts_port, CHART_PAGE)}. Ctrl-C stops everything.\n"
         f"Its health, from another shell in {PROJECT_DIR}:\n"
         f"  DAGSTER_HOME={home} DB_PATH={env['DB_PATH']} BINANCE_API_URL={exchange_url} "
         f"BINANCE_ARCHIVE_URL={exchange_url} "
@@ -117,7 +117,7 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
     banner = (
         f"tradebeat dev: Dagster UI on http://127.0.0.1:{args.port} once it has started "
         f"(DAGSTER_HOME={home}); exchange {settings.api_url}; charts on "
-        f"{chart_url(charts_port, 'price_chart.html')}. Ctrl-C stops everything."
+        f"{chart_url(charts_port, CHART_PAGE)}. Ctrl-C stops everything."
     )
     return _supervise(
         "tradebeat dev", home, env, PROJECT_DIR, ui_port=args.port, charts_port=charts_port, banner=banner

@@ -201,7 +201,7 @@ ROLLUP_ASSETS = [ohlcv_5m, ohlcv_1h, ohlcv_1d]
 )
 def price_chart(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     from tradebeat_pipeline.chart import SymbolChart, build_figure, human_bytes, thumbnail_svg, write_page
-    from tradebeat_pipeline.chart_server import chart_url
+    from tradebeat_pipeline.chart_server import CHART_PAGE, chart_url
 
     settings = run_settings()
     charts: list[SymbolChart] = []
@@ -223,7 +223,7 @@ def price_chart(context: dg.AssetExecutionContext, store: StoreResource) -> dg.M
                     holes=candles.holes(symbol, start, end),
                 )
             )
-    path = settings.charts_dir / "price_chart.html"
+    path = settings.charts_dir / CHART_PAGE
     size = write_page(build_figure(charts, title=f"tradebeat — up to {iso_utc(end - MINUTE_MS)}"), path)
     thumbnail = path.with_suffix(".svg")
     thumbnail.write_text(thumbnail_svg(charts), encoding="utf-8")
