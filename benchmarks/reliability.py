@@ -200,7 +200,7 @@ def storage(b: Bench, beats: int, symbols: int) -> None:
     growth = (sizes[-1] - sizes[9]) / (beats - 10)
     print(f"\nDagster instance, {beats} beats x {symbols} symbols (one run per beat):")
     print(f"  growth per beat {growth / 1024:.1f} KB; {before / 1e6:.1f} MB after {beats} beats")
-    print(f"  retention job (keep each day's newest beat): {after / 1e6:.1f} MB")
+    print(f"  retention job (keep each month's newest beat): {after / 1e6:.1f} MB")
     print(f"  50 more beats, retention again: {again / 1e6:.1f} MB ({kept} heartbeat run(s) kept)")
     print(
         f"  without retention: {growth * 1440 * 30 / 1e9:.2f} GB per 30 days, "

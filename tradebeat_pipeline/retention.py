@@ -1,35 +1,38 @@
-"""Which heartbeat runs the retention job may delete (no Dagster inside).
+"""Which scheduled runs the retention job may delete (no Dagster inside).
 
-About 1,440 beats a day each leave a run and its events in the Dagster instance. Old ones can go, but
-partition status is computed from materializations, which live in runs: for every month, the newest
-beat that covered it holds that month's latest materialization, so it is kept, and with it the truth
-of the partition status in the UI. Backfill runs are never deleted.
+About 1,440 beats a day, and 96 rollup and 96 chart runs, each leave a run and its events in the
+Dagster instance. Old ones can go, but an asset's (partition's) status and latest materialization
+are computed from materializations, which live in runs: for every month, the newest successful run
+of a kind that covered it holds that month's latest materialization, so it is kept (for the
+unpartitioned chart, its newest successful run), and with it the truth of the UI's status. A run
+that did not succeed holds no such materialization and goes once it is old. Backfill runs are never
+deleted, and neither is a run that has not finished.
 """
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from datetime import date
-
-from tradebeat_pipeline.timewindows import months_between
 
 
 @dataclass(frozen=True)
-class BeatRunInfo:
+class RunInfo:
     run_id: str
-    minute_ms: int  # the beat's minute: orders beats
-    first_month: date  # the months its partition range covered (their first days)
-    last_month: date
+    order: int  # newest wins: a beat's minute, else when the run was created (epoch ms)
+    holds: tuple[Hashable, ...]  # what its materializations are of: the months it covered, or an asset
     created_s: float
+    succeeded: bool = True
 
 
-def runs_to_delete(beats: Iterable[BeatRunInfo], *, older_than_s: float) -> list[str]:
-    """Beats created before `older_than_s` (epoch seconds) that are not the newest beat of any month."""
-    beats = list(beats)
-    newest_of_month: dict[date, BeatRunInfo] = {}
-    for beat in beats:
-        for month in months_between(beat.first_month, beat.last_month):
-            kept = newest_of_month.get(month)
-            if kept is None or beat.minute_ms > kept.minute_ms:
-                newest_of_month[month] = beat
-    keep = {b.run_id for b in newest_of_month.values()}
-    return [b.run_id for b in beats if b.created_s < older_than_s and b.run_id not in keep]
+def runs_to_delete(runs: Iterable[RunInfo], *, older_than_s: float) -> list[str]:
+    """Runs of one kind created before `older_than_s` (epoch seconds) that are not the newest
+    successful run of anything they hold."""
+    runs = list(runs)
+    newest: dict[Hashable, RunInfo] = {}
+    for run in runs:
+        if not run.succeeded:
+            continue
+        for held in run.holds:
+            kept = newest.get(held)
+            if kept is None or run.order > kept.order:
+                newest[held] = run
+    keep = {r.run_id for r in newest.values()}
+    return [r.run_id for r in runs if r.created_s < older_than_s and r.run_id not in keep]

@@ -152,8 +152,9 @@ class Settings(BaseSettings):
         2,
         ge=0,
         alias="RUN_RETENTION_DAYS",
-        description="Heartbeat runs older than this many days are deleted by the daily retention job "
-        "(each day's newest beat is kept, so partition status stays true).",
+        description="Heartbeat, rollup and chart runs older than this many days are deleted by the daily "
+        "retention job (each month's newest successful run of each is kept, so partition status "
+        "stays true); backfill runs are never deleted.",
     )
     rate_budget_share: float = Field(
         0.5,

@@ -24,7 +24,7 @@ from tradebeat_pipeline.defs.partitions import (
 from tradebeat_pipeline.defs.resources import ExchangeResource, StoreResource, run_settings
 from tradebeat_pipeline.exchange import SymbolNotListed, SymbolNotTrading
 from tradebeat_pipeline.heartbeat import beat_months
-from tradebeat_pipeline.retention import BeatRunInfo, runs_to_delete
+from tradebeat_pipeline.retention import RunInfo, runs_to_delete
 from tradebeat_pipeline.symbols import (
     Refusal,
     SymbolError,
@@ -39,7 +39,7 @@ from tradebeat_pipeline.symbols import (
     retired_decision,
     tick_summary,
 )
-from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, month_of, now_ms
+from tradebeat_pipeline.timewindows import DAY_MS, MINUTE_MS, month_of, months_between, now_ms
 
 symbols_log = logging.getLogger("tradebeat.symbols")
 retention_log = logging.getLogger("tradebeat.retention")
@@ -271,41 +271,59 @@ async def _validate(exchange: ExchangeResource, raws: list[str]) -> dict[str, Ve
     return verdicts
 
 
+# The scheduled runs retention prunes; backfill runs (history loaded on purpose) are never deleted.
+PRUNED_KINDS = (Kind.HEARTBEAT, Kind.ROLLUPS, Kind.CHART)
+# Only a finished run may go (Dagster's own list of these is private).
+FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+def _run_info(kind: str, record: dg.RunRecord) -> RunInfo | None:
+    """What retention needs of a finished run of `kind`; None for one tradebeat's schedules did not
+    make (never touched)."""
+    run = record.dagster_run
+    created_s = record.create_timestamp.timestamp()
+    succeeded = run.status == dg.DagsterRunStatus.SUCCESS
+    if kind == Kind.CHART:
+        return RunInfo(run.run_id, int(created_s * 1000), (price_chart.key,), created_s, succeeded)
+    try:
+        (first, _), (last, _) = range_of(run.tags)
+        order = beat_minute_of(run.tags) if kind == Kind.HEARTBEAT else int(created_s * 1000)
+    except (KeyError, ValueError):
+        return None
+    return RunInfo(run.run_id, order, tuple(months_between(first, last)), created_s, succeeded)
+
+
 @dg.op
-def prune_heartbeat_runs(context: dg.OpExecutionContext) -> None:
-    """Delete heartbeat runs older than RUN_RETENTION_DAYS, keeping each month's newest beat (it holds
-    that month's latest materialization, so partition status stays true)."""
+def prune_old_runs(context: dg.OpExecutionContext) -> None:
+    """Delete heartbeat, rollup and chart runs older than RUN_RETENTION_DAYS, keeping for each month
+    (the chart: for the asset) the newest successful run of each kind: it holds the latest
+    materialization, so partition status and the asset's page stay true."""
     settings = run_settings()
     cutoff = time.time() - settings.run_retention_days * DAY_MS / 1000
-    beats = []
-    for record in context.instance.get_run_records(filters=dg.RunsFilter(tags={KIND_TAG: Kind.HEARTBEAT})):
-        run = record.dagster_run
-        tags = run.tags
-        try:
-            (first, _), (last, _) = range_of(tags)
-            minute = beat_minute_of(tags)
-        except (KeyError, ValueError):
-            continue  # not a run the heartbeat made: never touch it
-        beats.append(BeatRunInfo(run.run_id, minute, first, last, record.create_timestamp.timestamp()))
-    doomed = runs_to_delete(beats, older_than_s=cutoff)
     # With Dagster's default SQLite storage each run's events live in history/runs/<run_id>.db, and
     # delete_run empties that file without removing it; no public API reclaims it, so the emptied
     # file is removed here (under Postgres storage there is no such file and nothing to do).
     run_files = Path(context.instance.root_directory) / "history" / "runs"
-    for run_id in doomed:
-        context.instance.delete_run(run_id)
-        (run_files / f"{run_id}.db").unlink(missing_ok=True)
-    message = (
-        f"deleted {len(doomed)} of {len(beats)} heartbeat runs older than {settings.run_retention_days} days"
-    )
-    context.log.info(message)
-    retention_log.info(message)
+    for kind in PRUNED_KINDS:
+        records = context.instance.get_run_records(
+            filters=dg.RunsFilter(tags={KIND_TAG: kind}, statuses=list(FINISHED))
+        )
+        runs = [info for record in records if (info := _run_info(kind, record)) is not None]
+        doomed = runs_to_delete(runs, older_than_s=cutoff)
+        for run_id in doomed:
+            context.instance.delete_run(run_id)
+            (run_files / f"{run_id}.db").unlink(missing_ok=True)
+        message = (
+            f"deleted {len(doomed)} of {len(runs)} {kind} runs older than {settings.run_retention_days} days"
+        )
+        context.log.info(message)
+        retention_log.info(message)
 
 
 @dg.job
 def retention_job() -> None:
-    """Bounds the instance: old heartbeat runs go, each month's newest beat stays."""
-    prune_heartbeat_runs()
+    """Bounds the instance: old scheduled runs go, each month's newest successful one stays."""
+    prune_old_runs()
 
 
 retention_schedule = dg.ScheduleDefinition(
@@ -316,8 +334,8 @@ retention_schedule = dg.ScheduleDefinition(
     tags={KIND_TAG: Kind.RETENTION},
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description=(
-        "Every day at 03:17 UTC: deletes heartbeat runs older than RUN_RETENTION_DAYS from the Dagster "
-        "instance, keeping each month's newest beat so partition status stays true. Candles are "
-        "never touched."
+        "Every day at 03:17 UTC: deletes heartbeat, rollup and chart runs older than RUN_RETENTION_DAYS "
+        "from the Dagster instance, keeping each month's newest successful run of each (the chart's "
+        "newest) so partition status stays true. Backfill runs and candles are never touched."
     ),
 )
