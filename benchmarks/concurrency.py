@@ -49,7 +49,6 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import yaml
 
 from tradebeat_pipeline import cli
 from tradebeat_pipeline.candles import CANDLE_COLUMNS
@@ -60,7 +59,11 @@ from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
 from tradebeat_pipeline.store import open_store
 from tradebeat_pipeline.timewindows import DAY_MS, iso_utc, month_of, month_window
-from tradebeat_pipeline_tests.pg_cluster import PostgresServer, fresh_database, running_cluster
+from tradebeat_pipeline_tests.pg_cluster import (
+    deployment_instance,
+    fresh_database,
+    running_cluster,
+)
 
 MIN = 60_000
 # What a lock or serialization problem says, whichever database or driver reports it.
@@ -171,7 +174,7 @@ def one_store(kind: str, args: argparse.Namespace) -> Measured:
             server = stack.enter_context(running_cluster(durable=True, prefix="tradebeat-pg-bench-"))
             if not args.instance_in_files:
                 instance_db = stack.enter_context(fresh_database(server, "dagster"))
-                env |= postgres_instance(home, server, instance_db)
+                env |= deployment_instance(home, server, instance_db)
             env["DATABASE_URL"] = stack.enter_context(fresh_database(server, "store"))
         if kind == "sqlite" or args.instance_in_files:
             shutil.copy(PROJECT_DIR / "dagster_home" / "dagster.yaml", home)
@@ -186,21 +189,6 @@ def one_store(kind: str, args: argparse.Namespace) -> Measured:
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return measured
-
-
-def postgres_instance(home: Path, server: PostgresServer, database_url: str) -> dict[str, str]:
-    """deploy/dagster.yaml in `home` without its Docker run launcher (no Docker daemon here), and the
-    variables it reads, pointing at `database_url` on `server`."""
-    config = yaml.safe_load((PROJECT_DIR / "deploy" / "dagster.yaml").read_text())
-    del config["run_launcher"]
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return {
-        "DAGSTER_PG_USERNAME": server.user,
-        "DAGSTER_PG_PASSWORD": "unused-trust-auth",
-        "DAGSTER_PG_HOSTNAME": server.host,
-        "DAGSTER_PG_PORT": str(server.port),
-        "DAGSTER_PG_DB": database_url.rsplit("/", 1)[1],
-    }
 
 
 def beat_and_backfill(

@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL cluster from Debian's binaries on 127.0.0.1 and a free port: the one start-up
-the tests' `postgres_server` fixture and `benchmarks/store_speed.py` share, so a benchmark measures
-the server the tests prove correct. Plain functions, no pytest: the fixture turns `ClusterUnavailable`
-into a failure (never a skip)."""
+the tests' `postgres_server` fixture and the benchmarks share, so a benchmark measures the server the
+tests prove correct; and deploy/dagster.yaml pointed at it, for a Dagster instance on it. Plain
+functions, no pytest: the fixture turns `ClusterUnavailable` into a failure (never a skip)."""
 
 import os
 import shutil
@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import yaml
 from psycopg import sql
+
+from tradebeat_pipeline.settings import PROJECT_DIR
 
 PG_LIB = Path("/usr/lib/postgresql")  # Debian's postgresql package: <version>/bin, not on PATH
 # Tests never crash their server, so they need no durability; a benchmark keeps the server's defaults.
@@ -105,3 +108,18 @@ def fresh_database(server: PostgresServer, prefix: str = "test") -> Iterator[str
     finally:
         with psycopg.connect(server.url(), autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def deployment_instance(home: Path, server: PostgresServer, database_url: str) -> dict[str, str]:
+    """deploy/dagster.yaml in `home` with its one change for a machine without Docker (the default
+    run launcher), and the variables it reads, pointing at `database_url` on `server`."""
+    config = yaml.safe_load((PROJECT_DIR / "deploy" / "dagster.yaml").read_text())
+    del config["run_launcher"]  # DockerRunLauncher needs a Docker daemon
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return {
+        "DAGSTER_PG_USERNAME": server.user,
+        "DAGSTER_PG_PASSWORD": "unused-trust-auth",
+        "DAGSTER_PG_HOSTNAME": server.host,
+        "DAGSTER_PG_PORT": str(server.port),
+        "DAGSTER_PG_DB": database_url.rsplit("/", 1)[1],
+    }

@@ -28,7 +28,6 @@ import dagster as dg
 import psycopg
 import pytest
 import time_machine
-import yaml
 
 from tradebeat_pipeline.cli import main
 from tradebeat_pipeline.defs.partitions import beat_minute_of
@@ -37,7 +36,7 @@ from tradebeat_pipeline.sandbox.server import Clock, Sandbox, SandboxServer
 from tradebeat_pipeline.settings import PROJECT_DIR
 from tradebeat_pipeline.timewindows import DAY_MS
 from tradebeat_pipeline_tests.conftest import stored_rows, wait_for
-from tradebeat_pipeline_tests.pg_cluster import PostgresServer, free_port, fresh_database
+from tradebeat_pipeline_tests.pg_cluster import PostgresServer, deployment_instance, free_port, fresh_database
 
 pytestmark = pytest.mark.slow
 
@@ -139,21 +138,6 @@ class LiveSystem:
 
 def at_least(count: int, runs: list[dg.DagsterRun]) -> list[dg.DagsterRun] | None:
     return runs if len(runs) >= count else None
-
-
-def deployment_instance(home: Path, server: PostgresServer, database_url: str) -> dict[str, str]:
-    """deploy/dagster.yaml in `home` with its one change for a machine without Docker (the default
-    run launcher), and the variables it reads, pointing at `database_url` on `server`."""
-    config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
-    del config["run_launcher"]  # DockerRunLauncher needs a Docker daemon
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return {
-        "DAGSTER_PG_USERNAME": server.user,
-        "DAGSTER_PG_PASSWORD": "unused-trust-auth",
-        "DAGSTER_PG_HOSTNAME": server.host,
-        "DAGSTER_PG_PORT": str(server.port),
-        "DAGSTER_PG_DB": database_url.rsplit("/", 1)[1],
-    }
 
 
 @pytest.fixture(scope="module")
